@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # Optional PyTorch interop (checkpoint import/export, cross-checks). The CPU wheel only.
-    "torch": ["torch==2.13.0"],
+    "torch": ["torch==2.13.0", "einops"],
     "test": ["pytest>=8", "pytest-xdist>=3", "torch==2.13.0", "scikit-video>=1.1.11"],
 }
 

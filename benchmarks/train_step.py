@@ -1,0 +1,111 @@
+"""Train-step speed and memory of the Refusion/Entropy-SDE trainer (``python benchmarks/train_step.py``).
+
+Cases (issue 2): the small NAFNet (width 16, enc [1,1,1,2], middle 1, dec [1,1,1,1]) at batch 8 on 64x64 and
+128x128, and the low-light NAFNet (width 64, enc [1,1,1,1,28], 288M parameters) at batch 2 on 128x128, l1 loss.
+Each case runs in its own subprocess so that the peak memory column (``ru_maxrss`` of that process on CPU,
+``peak_bytes_in_use`` on GPU) belongs to it alone. Times are medians over ``--iters`` steps after compilation.
+Also reports one forward pass of the network (the official PyTorch code, measured on the same 2-core CPU:
+small 64x64 119 ms/step, small 128x128 418 ms/step, low-light 2.19 s/step and 454 ms per forward).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CASES = {
+    "small-64": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], batch=8, size=64),
+    "small-128": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], batch=8, size=128),
+    "lowlight-128": dict(width=64, enc=[1, 1, 1, 1, 28], middle=1, dec=[1, 1, 1, 1, 1], batch=2, size=128),
+}
+TORCH_REFERENCE_MS = {"small-64": (119, None), "small-128": (418, None), "lowlight-128": (2190, 454)}
+
+
+def run_case(name: str, iters: int, loss: str) -> dict:
+  import resource
+  import statistics
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from lliejax import parallel, sde as sde_lib, train
+  from lliejax.configs.entropy_sde import get_config
+  from lliejax.models.nafnet import count_params
+
+  c = CASES[name]
+  config = get_config("lolv1_l1")
+  config.model.width, config.model.enc_blk_nums = c["width"], c["enc"]
+  config.model.middle_blk_num, config.model.dec_blk_nums = c["middle"], c["dec"]
+  config.batch_size = c["batch"]
+  config.loss.name = loss
+  mesh = parallel.make_mesh()
+  model, tx = train.create_model(config), train.make_optimizer(config)
+  sde = sde_lib.make_sde_from_config(config.sde)
+  state = jax.jit(lambda k: train.create_train_state(config, model, tx, k),
+                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  step = train.jit_train_step(train.make_train_step(config, model, tx, sde), mesh)
+  rng = np.random.default_rng(0)
+  gt = rng.random((c["batch"], c["size"], c["size"], 3), np.float32)
+  batch = parallel.global_batch({"gt": gt, "lq": gt * 0.2}, mesh)
+  key = jax.random.key(1)
+  t0 = time.perf_counter()
+  state, m = step(state, batch, key)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    state, m = step(state, batch, key)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, x * 0.2, jnp.full((x.shape[0],), 50)))
+  x = jnp.asarray(gt)
+  jax.block_until_ready(fwd(state.params, x))
+  ftimes = []
+  for _ in range(max(2, iters // 2)):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fwd(state.params, x))
+    ftimes.append(time.perf_counter() - t0)
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != "cpu" else None
+  peak = (stats or {}).get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  med = statistics.median(times)
+  return {"case": name, "params": count_params(state.params), "batch": c["batch"], "size": c["size"],
+          "compile_s": compile_s, "step_ms": 1000 * med, "img_per_s": c["batch"] / med,
+          "fwd_ms": 1000 * statistics.median(ftimes), "peak_gib": peak / 2**30, "device": str(dev.platform),
+          "loss": float(m["loss"])}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+  p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--loss", default="l1", help="l1 or an entropy loss (kl, hellinger, ...)")
+  p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args._child:
+    print(json.dumps(run_case(args._child, args.iters, args.loss)))
+    return
+  rows = []
+  for name in args.cases.split(","):
+    proc = subprocess.run([sys.executable, __file__, "--_child", name, "--iters", str(args.iters), "--loss",
+                           args.loss], capture_output=True, text=True, env=os.environ.copy())
+    if proc.returncode:
+      print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+      continue
+    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  print(f"{'case':14s} {'params':>12s} {'batch':>5s} {'size':>5s} {'compile s':>9s} {'step ms':>9s} "
+        f"{'img/s':>8s} {'fwd ms':>8s} {'peak GiB':>8s} {'torch step ms':>13s} {'torch fwd ms':>12s} device")
+  for r in rows:
+    ts, tf = TORCH_REFERENCE_MS[r["case"]]
+    print(f"{r['case']:14s} {r['params']:12,d} {r['batch']:5d} {r['size']:5d} {r['compile_s']:9.1f} "
+          f"{r['step_ms']:9.1f} {r['img_per_s']:8.2f} {r['fwd_ms']:8.1f} {r['peak_gib']:8.2f} "
+          f"{ts:13} {tf if tf else '-':>12} {r['device']}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,667 @@
+"""Numerical cross-check of lliejax against the official PyTorch code of Entropy-SDE / Refusion (IR-SDE).
+
+Nothing is downloaded: point ``--official`` at a local checkout (a ``git clone``) of
+``shermanlian/spatial-entropy-loss`` (Entropy-SDE) or ``Algolzw/image-restoration-sde`` (Refusion / IR-SDE)::
+
+    git clone <spatial-entropy-loss> /tmp/official-sel
+    lliejax-crosscheck --official /tmp/official-sel              # small NAFNet, SDE tables/steps, KDE losses
+    lliejax-crosscheck --official /tmp/official-sel --full       # the 288M-parameter low-light NAFNet too
+    lliejax-crosscheck --official /tmp/image-restoration-sde --task deraining
+
+Official files imported (found by searching the checkout; ``--task`` picks ``codes/config/<task>``, default
+``low-light`` when present, else the first task folder in sorted order):
+
+* ``codes/config/<task>/models/modules/DenoisingNAFNet_arch.py`` and its sibling ``module_util.py``
+  (``ConditionalNAFNet``), imported as submodules of a synthetic package whose ``__path__`` is that folder, so
+  their relative imports work and the folder's ``__init__.py`` (which pulls in the UNet) is not run;
+* ``codes/utils/sde_utils.py`` (``IRSDE``), loaded on its own (the ``utils/__init__.py`` beside it imports
+  OpenCV-based helpers that are not needed);
+* ``codes/config/<task>/models/modules/kde_utils.py`` and ``loss.py`` (Entropy-SDE only; the KDE rows are
+  skipped for an upstream IR-SDE checkout that has none).
+
+The official modules import ``torchvision.utils``/``torchvision.transforms``, ``cv2``, ``tqdm`` and ``scipy`` at
+module level but only use them in code paths that are not exercised here (saving images, an RK45 ODE sampler,
+an ``if __name__ == '__main__'`` demo). torchvision is deliberately not a dependency (its wheels pull CUDA
+builds of torch), so for the duration of the import every such package that is *not installed* is replaced by
+a stub module in ``sys.modules`` whose attributes raise when called; installed packages are used as they are.
+The stubs are removed again after the import. Python bytecode is not written into the checkout.
+
+Components compared (each row of the printed table; ``max-abs`` = max |lliejax - official|, ``rel`` as
+noted):
+
+* **NAFNet** (official ``ConditionalNAFNet`` built with ``torch.manual_seed(seed)``; ``beta``/``gamma``/``g``
+  randomised so every branch matters; weights imported with :func:`lliejax.convert.convert_state_dict`):
+  forward outputs for several input sizes (default 64x64 and 37x53: not multiples of the padding size 32) and
+  timesteps (a scalar int, as the official samplers pass, and a per-sample batch of timesteps). Tolerance:
+  **max-abs <= 1e-5** (float32). Plus: the official ``state_dict`` keys, order and shapes equal
+  :func:`lliejax.convert.expected_state_dict_shapes`; a Flax -> PyTorch export loads into a fresh official
+  module with ``load_state_dict(strict=True)`` and reproduces the weights bitwise.
+* **SDE** (official ``IRSDE(max_sigma=50, T=100, schedule, eps=0.005)`` vs :func:`lliejax.sde.make_sde`) for
+  the cosine, linear and constant schedules: tables ``thetas, sigmas, thetas_cumsum, sigma_bars, dt`` and
+  ``reverse_optimum_std(1..T)`` (element-wise relative error ``|a-b|/|b|``, exact zeros must match), and the
+  step functions ``mu_bar, get_score_from_noise, reverse_sde_step_mean, reverse_sde_step, reverse_ode_step,
+  reverse_optimum_step, get_init_state_from_noise, reverse_posterior_step`` on random NCHW tensors for scalar
+  timesteps 1, 2, 50, 100 and a per-sample timestep batch (``rel`` = max-abs / max |official|). The random
+  steps share their noise ``z``: the official call draws ``torch.randn_like`` right after
+  ``torch.manual_seed(k)`` and the same ``z`` is drawn the same way and passed to lliejax. Tolerance:
+  **rel <= 1e-6**.
+* **KDE** (when ``lliejax.entropy`` exists and the checkout has ``kde_utils.py``): see :func:`check_kde`.
+
+The exit status is 0 when every row passes, 1 when any fails, 2 for usage errors (no checkout found, torch
+missing). torch runs in float32 with deterministic algorithms and ``torch.set_num_threads(<cores>)``; the JAX
+forward runs under ``jax.default_matmul_precision("highest")`` so accelerators do not drop to TF32/bf16.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import io
+import json
+import math
+import os
+import sys
+import types
+import uuid
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+NAFNET_ABS_TOL = 1e-5
+SDE_REL_TOL = 1e-6
+KDE_REL_TOL = 1e-5
+EPS32 = float(np.finfo(np.float32).eps)  # 2**-23
+COND_ULPS = 4  # allowed float32 ulps of the ill-conditioned intermediate (times its condition number)
+SMALL_MODEL = {"img_channel": 3, "width": 8, "enc_blk_nums": [1, 1, 1, 1, 2], "middle_blk_num": 1,
+               "dec_blk_nums": [1, 1, 1, 1, 1]}
+FULL_CONFIG = "entropy_sde:lolv1"
+DEFAULT_SIZES = ((64, 64), (37, 53))
+DEFAULT_TIMESTEPS = (1, 2, 50, 100)
+SCHEDULES = ("cosine", "linear", "constant")
+# Third-party modules imported at module level by the official files but only used in paths we do not run.
+STUB_IF_MISSING = ("torchvision", "torchvision.utils", "torchvision.transforms", "cv2", "tqdm", "scipy",
+                   "scipy.integrate")
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclasses.dataclass
+class Row:
+  """One compared component."""
+
+  component: str
+  max_abs: float
+  rel: float
+  tol: float
+  metric: str  # "abs" | "rel" | "exact"
+  note: str = ""
+  skipped: bool = False
+  ratio: float | None = None  # max over elements of error / per-element tolerance (conditioned comparisons)
+
+  @property
+  def passed(self) -> bool:
+    if self.skipped:
+      return True
+    if self.ratio is not None:
+      return bool(np.isfinite(self.ratio)) and self.ratio <= 1.0
+    value = {"abs": self.max_abs, "rel": self.rel, "exact": self.max_abs}[self.metric]
+    return bool(np.isfinite(value)) and value <= self.tol
+
+  @property
+  def status(self) -> str:
+    return "SKIP" if self.skipped else ("PASS" if self.passed else "FAIL")
+
+
+def compare(component: str, got, ref, *, tol: float, metric: str = "abs", elementwise: bool = False,
+            cond=None, note: str = "") -> Row:
+  """Compare two arrays.
+
+  ``rel`` is max-abs / max|ref| (normwise) or, with ``elementwise``, max |a-b|/|b| (where ``b == 0`` the values
+  must be equal, else ``rel`` is inf). ``cond`` (an array broadcastable to ``ref``, or a scalar) makes the
+  relative tolerance per element ``tol + COND_ULPS * eps32 * cond``: the float32 condition number of the
+  official formula at that element (see :func:`sde_condition_numbers`); ``ratio`` then reports the worst
+  error / tolerance and decides PASS/FAIL.
+  """
+  got = np.asarray(got, np.float64)
+  ref = np.asarray(ref, np.float64)
+  if got.shape != ref.shape:
+    return Row(component, math.inf, math.inf, tol, metric, f"shape {got.shape} vs official {ref.shape}")
+  diff = np.abs(got - ref)
+  max_abs = float(diff.max()) if diff.size else 0.0
+  if elementwise:
+    with np.errstate(divide="ignore", invalid="ignore"):
+      r = np.where(ref != 0, diff / np.abs(ref), np.where(diff == 0, 0.0, np.inf))
+    rel = float(r.max()) if r.size else 0.0
+  else:
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+  if not np.all(np.isfinite(got)):
+    return Row(component, math.inf, math.inf, tol, metric, "non-finite lliejax values")
+  ratio = None
+  if cond is not None:
+    rtol = tol + COND_ULPS * EPS32 * np.broadcast_to(np.asarray(cond, np.float64), ref.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      allowed = rtol * (np.abs(ref) if elementwise else np.abs(ref).max(initial=0.0))
+      q = np.where(allowed > 0, diff / allowed, np.where(diff == 0, 0.0, np.inf))
+    ratio = float(q.max()) if q.size else 0.0
+  return Row(component, max_abs, rel, tol, metric, note, ratio=ratio)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+  """Fixed-width table: component, max-abs, rel, tolerance, status."""
+  width = max([len(r.component) for r in rows] + [9])
+  head = f"{'component':<{width}}  {'max-abs':>10}  {'rel':>10}  {'tolerance':>15}  status"
+  lines = [head, "-" * len(head)]
+  for r in rows:
+    if r.skipped:
+      lines.append(f"{r.component:<{width}}  {'-':>10}  {'-':>10}  {'-':>15}  SKIP  {r.note}")
+      continue
+    tol = f"{r.metric} <= {r.tol:.0e}" if r.metric != "exact" else "bitwise"
+    note = r.note
+    if r.ratio is not None:
+      tol = f"{r.metric} <= {r.tol:.0e}+k"
+      note = f"err/tol {r.ratio:.2g}" + (f"; {note}" if note else "")
+    lines.append(f"{r.component:<{width}}  {r.max_abs:10.3e}  {r.rel:10.3e}  {tol:>15}  {r.status}"
+                 + (f"  {note}" if note else ""))
+  n_fail = sum(not r.passed for r in rows)
+  n_skip = sum(r.skipped for r in rows)
+  lines.append("-" * len(head))
+  lines.append(f"{len(rows) - n_fail - n_skip} passed, {n_fail} failed" + (f", {n_skip} skipped" if n_skip else ""))
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ official code
+@dataclasses.dataclass
+class OfficialFiles:
+  """Paths of the official sources used by the cross-check."""
+
+  modules_dir: str
+  arch: str
+  module_util: str
+  sde_utils: str | None
+  kde_utils: str | None
+  loss: str | None
+  task: str | None
+
+
+def find_official_files(root: str, task: str | None = None) -> OfficialFiles:
+  """Locate the official sources in a checkout (either repository layout; ``root`` may also be ``codes/``).
+
+  Raises:
+    FileNotFoundError: with what was searched, when no ``DenoisingNAFNet_arch.py`` (for ``task``) exists.
+  """
+  root = os.path.abspath(os.path.expanduser(root))
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"--official {root}: not a directory")
+  archs = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in (".git", "__pycache__", "node_modules"))
+    if "DenoisingNAFNet_arch.py" in filenames and "module_util.py" in filenames:
+      archs.append(dirpath)
+  if not archs:
+    raise FileNotFoundError(f"no DenoisingNAFNet_arch.py (with module_util.py beside it) under {root}; expected "
+                            "a checkout of shermanlian/spatial-entropy-loss or Algolzw/image-restoration-sde")
+
+  def task_of(d: str) -> str | None:
+    parts = os.path.relpath(d, root).split(os.sep)
+    return parts[parts.index("config") + 1] if "config" in parts[:-1] else None
+
+  if task is not None:
+    chosen = [d for d in archs if task_of(d) == task]
+    if not chosen:
+      raise FileNotFoundError(f"no DenoisingNAFNet_arch.py for task {task!r} under {root}; tasks found: "
+                              f"{sorted({t for t in map(task_of, archs) if t})}")
+    modules_dir = chosen[0]
+  else:
+    low = [d for d in archs if task_of(d) == "low-light"]
+    modules_dir = (low or archs)[0]
+  # sde_utils.py: the nearest <ancestor>/utils/sde_utils.py walking up from the modules folder, else any.
+  sde = None
+  d = modules_dir
+  while True:
+    cand = os.path.join(d, "utils", "sde_utils.py")
+    if os.path.isfile(cand):
+      sde = cand
+      break
+    parent = os.path.dirname(d)
+    if parent == d or not parent.startswith(root):
+      break
+    d = parent
+  if sde is None:
+    for dirpath, dirnames, filenames in os.walk(root):
+      dirnames[:] = sorted(x for x in dirnames if x not in (".git", "__pycache__"))
+      if "sde_utils.py" in filenames:
+        sde = os.path.join(dirpath, "sde_utils.py")
+        break
+
+  def opt(name: str) -> str | None:
+    p = os.path.join(modules_dir, name)
+    return p if os.path.isfile(p) else None
+
+  return OfficialFiles(modules_dir=modules_dir, arch=os.path.join(modules_dir, "DenoisingNAFNet_arch.py"),
+                       module_util=os.path.join(modules_dir, "module_util.py"), sde_utils=sde,
+                       kde_utils=opt("kde_utils.py"), loss=opt("loss.py") if opt("kde_utils.py") else None,
+                       task=task_of(modules_dir))
+
+
+class _Stub(types.ModuleType):
+  """Placeholder for an uninstalled package: importable, but any use raises."""
+
+  def __getattr__(self, attr):
+    if attr.startswith("__"):
+      raise AttributeError(attr)
+    name = self.__name__
+
+    def unavailable(*args, **kwargs):
+      raise RuntimeError(f"{name}.{attr} is a lliejax-crosscheck stub: {name} is not installed and this "
+                         "code path of the official repository is not supported by the cross-check")
+
+    return unavailable
+
+
+def _installed(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+@contextlib.contextmanager
+def _stubbed_imports(names: Iterable[str] = STUB_IF_MISSING):
+  """Temporarily put :class:`_Stub` modules in ``sys.modules`` for packages that are not installed."""
+  added = []
+  for name in names:
+    if name in sys.modules or _installed(name):
+      continue
+    stub = _Stub(name)
+    stub.__path__ = []  # a package, so "import a.b" works
+    sys.modules[name] = stub
+    added.append(name)
+    parent, _, child = name.rpartition(".")
+    if parent and parent in sys.modules:
+      setattr(sys.modules[parent], child, stub)
+  dont_write = sys.dont_write_bytecode
+  sys.dont_write_bytecode = True
+  try:
+    yield added
+  finally:
+    sys.dont_write_bytecode = dont_write
+    for name in added:
+      sys.modules.pop(name, None)
+
+
+def import_official(files: OfficialFiles) -> types.SimpleNamespace:
+  """Import the official modules from a checkout; returns ``SimpleNamespace(arch, sde_utils, kde_utils, loss,
+  stubbed, files)`` (missing optional modules are ``None``)."""
+  pkg_name = f"_lliejax_official_{uuid.uuid4().hex[:8]}"
+  pkg = types.ModuleType(pkg_name)
+  pkg.__path__ = [files.modules_dir]  # no __init__.py is executed
+  sys.modules[pkg_name] = pkg
+  ns = types.SimpleNamespace(files=files, arch=None, sde_utils=None, kde_utils=None, loss=None, stubbed=[])
+  with _stubbed_imports() as stubbed, contextlib.redirect_stdout(io.StringIO()):
+    ns.stubbed = list(stubbed)
+    ns.arch = importlib.import_module(f"{pkg_name}.DenoisingNAFNet_arch")
+    if files.kde_utils:
+      ns.kde_utils = importlib.import_module(f"{pkg_name}.kde_utils")
+    if files.loss:
+      ns.loss = importlib.import_module(f"{pkg_name}.loss")
+    if files.sde_utils:
+      spec = importlib.util.spec_from_file_location(f"{pkg_name}_sde_utils", files.sde_utils)
+      mod = importlib.util.module_from_spec(spec)
+      sys.modules[spec.name] = mod
+      spec.loader.exec_module(mod)
+      ns.sde_utils = mod
+  return ns
+
+
+def setup_torch(threads: int | None = None):
+  """float32, deterministic algorithms, ``threads`` (default: all cores) intra-op threads."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_default_dtype(torch.float32)
+  torch.use_deterministic_algorithms(True)
+  torch.set_num_threads(threads or os.cpu_count() or 1)
+  return torch
+
+
+def _setup_jax():
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax
+
+
+# ------------------------------------------------------------------------------------------------ NAFNet
+def randomise_norm_params(module, seed: int, scale: float = 0.3) -> None:
+  """``beta``/``gamma`` ~ N(0, scale^2) and LayerNorm ``g`` ~ 1 + N(0, 0.2^2) (official init: 0 and 1)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in module.named_parameters():
+      leaf = name.rsplit(".", 1)[-1]
+      if leaf in ("beta", "gamma"):
+        p.copy_(torch.randn(p.shape, generator=gen) * scale)
+      elif leaf == "g":
+        p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+
+
+def check_nafnet(build_torch: Callable[[dict], Any], model: dict, *, sizes=DEFAULT_SIZES,
+                 timesteps=DEFAULT_TIMESTEPS, seed: int = 0, batch: int = 2, label: str = "nafnet",
+                 tol: float = NAFNET_ABS_TOL, log: Callable[[str], None] = lambda s: None) -> list[Row]:
+  """Forward of a PyTorch ConditionalNAFNet (``build_torch(model_dict)``) vs lliejax after conversion.
+
+  For each size: one row per scalar timestep (an ``int`` passed to the torch module, as the samplers do) and
+  one row for a batch with a different timestep per sample.
+  """
+  torch = setup_torch()
+  jax = _setup_jax()
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from lliejax import convert  # pylint: disable=import-outside-toplevel
+  from lliejax.models.nafnet import ConditionalNAFNet  # pylint: disable=import-outside-toplevel
+
+  model = convert.model_config_dict(model)
+  rows = []
+  torch.manual_seed(seed)
+  net = build_torch(model)
+  randomise_norm_params(net, seed + 1)
+  net.eval()
+  sd = {k: v.detach() for k, v in net.state_dict().items()}
+  expected = convert.expected_state_dict_shapes(model)
+  got_keys = [(k, tuple(v.shape)) for k, v in sd.items()]
+  same = got_keys == list(expected.items())
+  rows.append(Row(f"{label} state_dict keys/order/shapes", 0.0 if same else math.inf, 0.0 if same else math.inf,
+                  0.0, "exact", f"{len(sd)} tensors" if same else "differs from convert.expected_state_dict_shapes"))
+  log(f"{label}: {convert.format_model_config(model)}, {sum(v.numel() for v in sd.values()):,} parameters")
+  result = convert.convert_state_dict({k: v.numpy() for k, v in sd.items()}, model)
+  params = jax.tree_util.tree_map(jnp.asarray, result.params)
+  flax_model = ConditionalNAFNet(img_channel=model["img_channel"], width=model["width"],
+                                 enc_blk_nums=tuple(model["enc_blk_nums"]), middle_blk_num=model["middle_blk_num"],
+                                 dec_blk_nums=tuple(model["dec_blk_nums"]))
+  jitted = jax.jit(lambda p, x, mu, t: flax_model.apply({"params": p}, x, mu, t))
+
+  def apply(*args):
+    with jax.default_matmul_precision("highest"):  # no TF32/bf16 passes on accelerators
+      return jitted(*args)
+
+  rng = np.random.default_rng(seed)
+  for h, w in sizes:
+    mu = rng.uniform(0, 1, (batch, model["img_channel"], h, w)).astype(np.float32)
+    x = (mu + 0.2 * rng.standard_normal(mu.shape)).astype(np.float32)
+    cases = [(f"t={t}", int(t)) for t in timesteps]
+    per_sample = np.resize(np.asarray(timesteps, np.int64), batch)
+    if batch > 1:
+      per_sample[-1] = timesteps[-1]
+    cases.append((f"t={per_sample.tolist()}", per_sample))
+    nhwc = lambda a: jnp.asarray(a.transpose(0, 2, 3, 1))
+    for name, t in cases:
+      with torch.no_grad():
+        t_torch = t if isinstance(t, int) else torch.from_numpy(t)
+        ref = net(torch.from_numpy(x), torch.from_numpy(mu), t_torch).numpy()
+      t_jax = jnp.full((batch,), t, jnp.int32) if isinstance(t, int) else jnp.asarray(t, jnp.int32)
+      out = np.asarray(apply(params, nhwc(x), nhwc(mu), t_jax)).transpose(0, 3, 1, 2)
+      row = compare(f"{label} forward {h}x{w} {name}", out, ref, tol=tol, metric="abs",
+                    note=f"max|out|={np.abs(ref).max():.3g}")
+      log(format_table([row]).splitlines()[2])
+      rows.append(row)
+  # Export back and load strictly into a fresh torch module: bitwise equal weights.
+  back = convert.params_to_state_dict(jax.tree_util.tree_map(np.asarray, params), model, as_torch=True)
+  fresh = build_torch(model)
+  try:
+    fresh.load_state_dict(back, strict=True)
+    diff = max(float((fresh.state_dict()[k] - v).abs().max()) if v.numel() else 0.0 for k, v in sd.items())
+    bitwise = all(torch.equal(fresh.state_dict()[k], v) for k, v in sd.items())
+    rows.append(Row(f"{label} export -> load_state_dict(strict)", 0.0 if bitwise else max(diff, 1e-45),
+                    0.0, 0.0, "exact"))
+  except RuntimeError as e:
+    rows.append(Row(f"{label} export -> load_state_dict(strict)", math.inf, math.inf, 0.0, "exact",
+                    str(e).splitlines()[0]))
+  return rows
+
+
+def official_nafnet_builder(official) -> Callable[[dict], Any]:
+  def build(m: dict):
+    return official.arch.ConditionalNAFNet(img_channel=m["img_channel"], width=m["width"],
+                                           middle_blk_num=m["middle_blk_num"],
+                                           enc_blk_nums=list(m["enc_blk_nums"]), dec_blk_nums=list(m["dec_blk_nums"]))
+  return build
+
+
+# ------------------------------------------------------------------------------------------------ SDE
+def sde_condition_numbers(ref, schedule: str) -> dict[str, np.ndarray]:
+  """First-order float32 condition numbers of the official ``IRSDE`` tables (float64, from its own tables).
+
+  A float32 implementation of the same formula can differ from the official one by a few ulps of each
+  intermediate (numpy/XLA and torch round ``exp``/``cos`` differently by up to one ulp); the relative error of
+  the result is that times the condition number ``k``. Large ``k`` occur where the formula cancels:
+  ``theta = 1 - a`` of the cosine schedule (``k = (1 - theta) / theta``), ``sigma_bar = lambda sqrt(1 - E)``
+  with ``E = exp(-2 thetas_cumsum dt)`` near 1 at small t (``k ~ E / (2 (1 - E))``: about 500 at t = 2 of
+  the cosine schedule), the posterior variance ``(1 - A)(1 - C)/(1 - B)``, and ``thetas_cumsum`` (a
+  running float32 sum, ``k ~ index``).
+  """
+  th = ref.thetas.double().numpy()
+  cs = ref.thetas_cumsum.double().numpy()
+  dt = float(ref.dt)
+  n = len(th)
+  k_th = (1 - th) / th if schedule == "cosine" else np.zeros(n)
+  idx = np.arange(n, dtype=np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    k_cs = np.where(cs > 0, idx * (cs + th[0]) / cs, 0.0)
+
+    def inv1m(e):  # e / (1 - e), 0 where e == 1 exactly (then both sides are exact: 1 - 1 = 0)
+      return np.where(e < 1, e / (1 - e), 0.0)
+
+    e_bar = np.exp(-2 * cs * dt)
+    k_sb = 0.5 * inv1m(e_bar) * (1 + 2 * cs * dt * k_cs) + 1
+    a = np.exp(-2 * th[1:] * dt)
+    b = np.exp(-2 * cs[1:] * dt)
+    c = np.exp(-2 * cs[:-1] * dt)
+    k_std = 0.5 * (inv1m(a) * (1 + k_th[1:]) + inv1m(b) * (1 + k_cs[1:]) + inv1m(c) * (1 + k_cs[:-1])) + 1
+  return {"thetas": k_th, "sigmas": 0.5 * k_th + 1, "thetas_cumsum": k_cs, "sigma_bars": k_sb,
+          "dt": np.asarray(k_cs[-1] + 1), "reverse_optimum_std": k_std}
+
+
+def check_sde(irsde_cls, *, schedules=SCHEDULES, timesteps=DEFAULT_TIMESTEPS, max_sigma: float = 50.0,
+              T: int = 100, eps: float = 0.005, seed: int = 0, shape=(4, 3, 37, 53),
+              tol: float = SDE_REL_TOL) -> list[Row]:
+  """Official ``IRSDE`` tables and step functions vs :mod:`lliejax.sde` (see the module docstring)."""
+  torch = setup_torch()
+  _setup_jax()
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from lliejax import sde as lsde  # pylint: disable=import-outside-toplevel
+  rows = []
+  rng = np.random.default_rng(seed)
+  for schedule in schedules:
+    with contextlib.redirect_stdout(io.StringIO()):
+      ref = irsde_cls(max_sigma=max_sigma, T=T, schedule=schedule, eps=eps, device=torch.device("cpu"))
+    mine = lsde.make_sde(max_sigma=max_sigma, T=T, schedule=schedule, eps=eps)
+    ts = torch.arange(1, T + 1)
+    tables = {"thetas": (mine.thetas, ref.thetas), "sigmas": (mine.sigmas, ref.sigmas),
+              "thetas_cumsum": (mine.thetas_cumsum, ref.thetas_cumsum), "sigma_bars": (mine.sigma_bars, ref.sigma_bars),
+              "dt": (np.float32(mine.dt), ref.dt), "reverse_optimum_std": (mine.posterior_stds[1:],
+                                                                           ref.reverse_optimum_std(ts))}
+    kappa = sde_condition_numbers(ref, schedule)
+    for name, (a, b) in tables.items():
+      b = b.numpy() if hasattr(b, "numpy") else np.asarray(b)
+      rows.append(compare(f"sde {schedule} {name}", a, b, tol=tol, metric="rel", elementwise=True,
+                          cond=kappa[name]))
+    # Step functions: same inputs (NCHW; the lliejax functions are layout-agnostic), several timesteps.
+    errs: dict[str, list[Row]] = {}
+    cases = [int(t) for t in timesteps] + [np.resize(np.asarray(timesteps), shape[0])]
+    for k, t in enumerate(cases):
+      mu = rng.uniform(0, 1, shape).astype(np.float32)
+      x0 = rng.uniform(0, 1, shape).astype(np.float32)
+      xt = (mu + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+      noise = rng.standard_normal(shape).astype(np.float32)
+      tt = t if isinstance(t, int) else torch.from_numpy(t.astype(np.int64)).reshape(-1, 1, 1, 1)
+      tj = jnp.asarray(t, jnp.int32)
+      T_ = {n: torch.from_numpy(v) for n, v in dict(mu=mu, x0=x0, xt=xt, noise=noise).items()}
+      ref.set_mu(T_["mu"])
+      score_ref = ref.get_score_from_noise(T_["noise"], tt)
+      score = score_ref.numpy()
+      torch.manual_seed(1000 + k)
+      z = torch.randn_like(T_["xt"])
+
+      def with_noise(fn, *args, _k=k):
+        torch.manual_seed(1000 + _k)  # the official step draws torch.randn_like(x) once: exactly z
+        return fn(*args)
+
+      pairs = {
+          "mu_bar": (mine.mu_bar(x0, mu, tj), ref.mu_bar(T_["x0"], tt)),
+          "get_score_from_noise": (mine.score_from_noise(noise, tj), score_ref),
+          "reverse_sde_step_mean": (mine.reverse_sde_step_mean(xt, mu, score, tj),
+                                    ref.reverse_sde_step_mean(T_["xt"], score_ref, tt)),
+          "reverse_sde_step": (mine.reverse_sde_step(xt, mu, score, tj, z.numpy()),
+                               with_noise(ref.reverse_sde_step, T_["xt"], score_ref, tt)),
+          "reverse_ode_step": (mine.reverse_ode_step(xt, mu, score, tj),
+                               ref.reverse_ode_step(T_["xt"], score_ref, tt)),
+          "reverse_optimum_step": (mine.reverse_optimum_step(xt, x0, mu, tj),
+                                   ref.reverse_optimum_step(T_["xt"], T_["x0"], tt)),
+          "get_init_state_from_noise": (mine.x0_from_noise(xt, noise, mu, tj),
+                                        ref.get_init_state_from_noise(T_["xt"], T_["noise"], tt)),
+          "reverse_posterior_step": (mine.reverse_posterior_step(xt, noise, mu, tj, z.numpy()),
+                                     with_noise(ref.reverse_posterior_step, T_["xt"], T_["noise"], tt)),
+      }
+      # The score -noise / sigma_bar_t inherits the conditioning of sigma_bar_t (a per-sample scale).
+      k_score = kappa["sigma_bars"][np.asarray(t).reshape(-1)].reshape(-1, 1, 1, 1)
+      for name, (a, b) in pairs.items():
+        cond = k_score if name == "get_score_from_noise" else None
+        errs.setdefault(name, []).append(compare(name, np.asarray(a), b.numpy(), tol=tol, metric="rel",
+                                                 elementwise=cond is not None, cond=cond))
+    for name, rs in errs.items():
+      worst = max(rs, key=lambda r: r.rel)
+      ratio = max(r.ratio for r in rs) if rs[0].ratio is not None else None
+      rows.append(Row(f"sde {schedule} {name}", max(r.max_abs for r in rs), worst.rel, tol, "rel",
+                      f"t in {list(timesteps)} + batch" + (f"; {worst.note}" if worst.note else ""), ratio=ratio))
+  return rows
+
+
+# ------------------------------------------------------------------------------------------------ KDE
+def check_kde(official, *, seed: int = 0, tol: float = KDE_REL_TOL) -> list[Row]:
+  """KDE spatial-entropy densities and losses vs ``kde_utils.py``/``loss.py`` with shared neighbour weights.
+
+  Returns SKIP rows when ``lliejax.entropy`` or the official ``kde_utils.py`` is not available.
+  """
+  if official.kde_utils is None:
+    return [Row("kde", math.nan, math.nan, tol, "rel", "no kde_utils.py in this checkout (upstream IR-SDE)",
+                skipped=True)]
+  try:
+    from lliejax import entropy  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    return [Row("kde", math.nan, math.nan, tol, "rel", f"lliejax.entropy not importable ({e})", skipped=True)]
+  return _kde_rows(official, entropy, seed=seed, tol=tol)
+
+
+def _kde_rows(official, entropy, *, seed: int, tol: float) -> list[Row]:
+  return [Row("kde", math.nan, math.nan, tol, "rel", "lliejax.entropy comparison not implemented yet",
+              skipped=True)]
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _parse_sizes(s: str) -> list[tuple[int, int]]:
+  out = []
+  for item in s.split(","):
+    h, _, w = item.lower().partition("x")
+    if not h.isdigit() or not w.isdigit():
+      raise argparse.ArgumentTypeError(f"size {item!r} is not HxW")
+    out.append((int(h), int(w)))
+  return out
+
+
+def _parse_ints(s: str) -> list[int]:
+  try:
+    return [int(v) for v in s.split(",") if v]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from e
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="lliejax-crosscheck",
+      description="Compare lliejax numerically with the official PyTorch code of Entropy-SDE / Refusion "
+                  "(ConditionalNAFNet forward after checkpoint conversion, IR-SDE tables and steps, KDE "
+                  "spatial-entropy losses). Needs PyTorch (pip install 'lliejax[torch]') and einops; nothing "
+                  "is downloaded.",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=f"tolerances: NAFNet max-abs <= {NAFNET_ABS_TOL:g} (float32); SDE relative <= {SDE_REL_TOL:g}; "
+             f"KDE relative <= {KDE_REL_TOL:g}.\nexit status: 0 all pass, 1 a comparison failed, 2 usage error.")
+  p.add_argument("--official", required=True, metavar="DIR",
+                 help="local checkout of shermanlian/spatial-entropy-loss or Algolzw/image-restoration-sde")
+  p.add_argument("--task", default=None, help="codes/config/<task> folder to take DenoisingNAFNet_arch.py from "
+                                              "(default: low-light if present)")
+  p.add_argument("--full", action="store_true",
+                 help=f"also check the full low-light NAFNet ({FULL_CONFIG}: width 64, 288M parameters)")
+  p.add_argument("--config", default=None, metavar="PATH[:ARG]",
+                 help="check the NAFNet of this config's `model` section instead of the small default "
+                      f"({SMALL_MODEL})")
+  p.add_argument("--sizes", type=_parse_sizes, default=list(DEFAULT_SIZES), metavar="HxW,...",
+                 help="NAFNet input sizes (default 64x64,37x53)")
+  p.add_argument("--timesteps", type=_parse_ints, default=list(DEFAULT_TIMESTEPS), metavar="T,...",
+                 help="timesteps (default 1,2,50,100)")
+  p.add_argument("--batch", type=int, default=2, help="NAFNet batch size (default 2)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--only", default="nafnet,sde,kde", help="comma-separated subset of nafnet,sde,kde")
+  p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+  p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+  return p
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+  """Entry point of ``lliejax-crosscheck``; returns the exit status."""
+  args = _parser().parse_args(argv)
+  only = {s.strip() for s in args.only.split(",") if s.strip()}
+  if not only <= {"nafnet", "sde", "kde"}:
+    print(f"lliejax-crosscheck: error: --only {args.only!r}: choose from nafnet,sde,kde", file=sys.stderr)
+    return 2
+  try:
+    import torch  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    print("lliejax-crosscheck: error: PyTorch is required: pip install 'lliejax[torch]'", file=sys.stderr)
+    return 2
+  try:
+    files = find_official_files(args.official, args.task)
+    official = import_official(files)
+  except (FileNotFoundError, ImportError) as e:
+    print(f"lliejax-crosscheck: error: {e}", file=sys.stderr)
+    return 2
+  setup_torch(args.threads)
+  log = lambda s: print(s, flush=True)
+  log(f"official modules: {files.arch}" + (f", {files.sde_utils}" if files.sde_utils else "")
+      + (f", {files.kde_utils}, {files.loss}" if files.kde_utils else ""))
+  if official.stubbed:
+    log(f"stubbed (not installed, unused code paths): {', '.join(official.stubbed)}")
+  rows: list[Row] = []
+  if "nafnet" in only:
+    build = official_nafnet_builder(official)
+    models = []
+    if args.config:
+      from lliejax.config_utils import load_config  # pylint: disable=import-outside-toplevel
+      models.append(("nafnet", load_config(args.config).model))
+    else:
+      models.append(("nafnet(small)", SMALL_MODEL))
+    if args.full:
+      from lliejax.config_utils import load_config  # pylint: disable=import-outside-toplevel
+      models.append(("nafnet(full)", load_config(FULL_CONFIG).model))
+    for label, model in models:
+      rows += check_nafnet(build, model, sizes=args.sizes, timesteps=args.timesteps, seed=args.seed,
+                           batch=args.batch, label=label, log=log)
+  if "sde" in only:
+    if official.sde_utils is None:
+      rows.append(Row("sde", math.nan, math.nan, SDE_REL_TOL, "rel", "no sde_utils.py found", skipped=True))
+    else:
+      rows += check_sde(official.sde_utils.IRSDE, timesteps=args.timesteps, seed=args.seed)
+  if "kde" in only:
+    rows += check_kde(official, seed=args.seed)
+  print()
+  print(format_table(rows))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump([dict(dataclasses.asdict(r), status=r.status) for r in rows], f, indent=2, default=str)
+  return 0 if all(r.passed for r in rows) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+  main()
