@@ -417,7 +417,8 @@ _FLAX_BLOCK_RE = re.compile(r"^(encoders|decoders)_(\d+)_(\d+)$")
 
 def infer_model_config_from_params(params: Mapping[str, Any]) -> dict:
   """Architecture of a lliejax ConditionalNAFNet params tree (the inverse naming of :func:`infer_model_config`)."""
-  params = params.get("params", params) if "intro" not in params else params
+  if "intro" not in params and isinstance(params.get("params"), Mapping):
+    params = params["params"]  # a {'params': ...} variables dict
   try:
     intro, ending = params["intro"]["kernel"], params["ending"]["kernel"]
   except (KeyError, TypeError) as e:
@@ -522,8 +523,12 @@ def _unpickling_message(path: str, e: Exception) -> str:
           f"torch.load(weights_only=True) failed: {detail}")
 
 
-def load_torch_state_dict(path: str, *, key_prefix: str | None = None, mmap: bool = True) -> dict:
+def load_torch_state_dict(path: str, *, key_prefix: str | None = None, mmap: bool = False) -> dict:
   """Read a ``.pth`` safely (``torch.load(..., map_location='cpu', weights_only=True)``).
+
+  ``mmap=True`` memory-maps the file (zip format; falls back to a normal read for the legacy format). The
+  default normal read gives every tensor its own storage, so :func:`convert_state_dict` with ``consume=True``
+  frees each one as it is converted (peak about one copy of the weights: ~1.5 GB for the 288M model).
 
   Returns ``{key: torch.Tensor}`` (``module.`` stripped; with ``key_prefix`` only keys under it, prefix
   removed). Containers are unwrapped only when they are plain dicts of tensors (see :data:`CONTAINER_KEYS`).

@@ -551,9 +551,92 @@ def check_kde(official, *, seed: int = 0, tol: float = KDE_REL_TOL) -> list[Row]
   return _kde_rows(official, entropy, seed=seed, tol=tol)
 
 
+KDE_CASES = (  # (name, shape, bins L, weights) -- "ones" is REFERENCE 1.7's test vector, "normal" the training path
+    ("ref-vector L=8 w=ones", (2, 3, 5, 7), 8, "ones"),
+    ("random 2x3x16x16 L=32 w~N(0,1)", (2, 3, 16, 16), 32, "normal"),
+    ("random 1x3x13x19 L=16 w=None", (1, 3, 13, 19), 16, None),
+)
+
+
+@contextlib.contextmanager
+def _official_sqrt_of_int(kde_utils):
+  """The official ``hellinger`` evaluates ``torch.sqrt(2)`` on a Python int, a TypeError in every PyTorch
+  (REFERENCE 6.1). For the comparison only, the module's ``torch`` name is swapped for a proxy whose ``sqrt``
+  also accepts numbers; everything else is the official code unchanged."""
+  import torch  # pylint: disable=import-outside-toplevel
+  proxy = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
+  proxy.sqrt = lambda v: torch.sqrt(v if isinstance(v, torch.Tensor) else torch.tensor(float(v)))
+  saved = kde_utils.torch
+  kde_utils.torch = proxy
+  try:
+    yield
+  finally:
+    kde_utils.torch = saved
+
+
+def official_kde_reference(official, pred: np.ndarray, target: np.ndarray, *, bins: int, weight,
+                           bandwidth: float = 0.5) -> dict[str, np.ndarray]:
+  """Official densities and divergences (NCHW float32 inputs; ``weight`` a 3x3 array or ``None``).
+
+  Keys: ``density_pred``/``density_target`` (``kde``, shape (B, L*L, C, H, 3W)), ``relative`` =
+  ``relative_entropy(P=target, Q=pred)`` (as ``r_entropy_loss``), ``cross`` = ``cross_entropy(P=pred,
+  Q=target)`` (as ``c_entropy_loss``, which passes no weights), ``hellinger`` = ``hellinger(P=target, Q=pred)``
+  (as ``hellinger_loss``), ``smooth`` = ``loss.smooth_loss(pred, target)`` (the extra term of ``helsmooth``).
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+  ku = official.kde_utils
+  x, y = torch.from_numpy(pred), torch.from_numpy(target)
+  w = None if weight is None else torch.from_numpy(np.asarray(weight, np.float32).reshape(1, 1, 3, 3))
+  with torch.no_grad():
+    px = ku.kde(x, bins, weight=w, h=bandwidth)
+    py = ku.kde(y, bins, weight=w, h=bandwidth)
+    out = {"density_pred": px.numpy(), "density_target": py.numpy(),
+           "relative": ku.relative_entropy(py, px).numpy()}
+    out["cross"] = ku.cross_entropy(px, py).numpy()
+    with _official_sqrt_of_int(ku):
+      out["hellinger"] = ku.hellinger(py, px).numpy()
+    if official.loss is not None:
+      out["smooth"] = official.loss.smooth_loss(x, y, win_size=3).numpy()
+  return out
+
+
+def _kde_inputs(name: str, shape, bins: int, weights, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  if name.startswith("ref-vector"):
+    x = np.linspace(0, 1, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    y = np.ascontiguousarray(x[..., ::-1])
+  else:
+    y = rng.uniform(-0.05, 1.05, shape).astype(np.float32)  # a little outside [0, 1]: exercises the clamp
+    x = np.clip(y + 0.05 * rng.standard_normal(shape), -0.1, 1.1).astype(np.float32)
+  w = {"ones": np.ones((3, 3), np.float32), "normal": rng.standard_normal((3, 3)).astype(np.float32),
+       None: None}[weights]
+  return x, y, w
+
+
 def _kde_rows(official, entropy, *, seed: int, tol: float) -> list[Row]:
-  return [Row("kde", math.nan, math.nan, tol, "rel", "lliejax.entropy comparison not implemented yet",
-              skipped=True)]
+  """One row per (case, quantity): the lliejax values from :func:`lliejax_kde_values` vs the official ones."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for name, shape, bins, weights in KDE_CASES:
+    x, y, w = _kde_inputs(name, shape, bins, weights, rng)
+    ref = official_kde_reference(official, x, y, bins=bins, weight=w)
+    mine = lliejax_kde_values(entropy, x, y, bins=bins, weight=w)
+    if mine is None:
+      return [Row("kde", math.nan, math.nan, tol, "rel", "lliejax side not wired (lliejax_kde_values)",
+                  skipped=True)]
+    for q, r in ref.items():
+      if q in mine:
+        rows.append(compare(f"kde {name} {q}", mine[q], r, tol=tol, metric="rel"))
+  return rows
+
+
+def lliejax_kde_values(entropy, pred: np.ndarray, target: np.ndarray, *, bins: int, weight,
+                       bandwidth: float = 0.5) -> dict[str, np.ndarray] | None:
+  """The lliejax counterparts of :func:`official_kde_reference` (same keys, NCHW in -> same layouts out).
+
+  Returns ``None`` while :mod:`lliejax.entropy` is not wired in (the KDE rows are then reported as SKIP).
+  """
+  del entropy, pred, target, bins, weight, bandwidth
+  return None
 
 
 # ------------------------------------------------------------------------------------------------ CLI

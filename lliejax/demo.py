@@ -9,12 +9,18 @@
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (pulled in by clu writers) is chatty
+
 import argparse
 import logging
 import os
 import sys
 
 import numpy as np
+
+from lliejax.logging_utils import setup_logging
 
 
 def stack_rows(rows: list[np.ndarray], pad: int = 4) -> np.ndarray:
@@ -47,7 +53,7 @@ def run(argv=None) -> int:
   p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
   p.add_argument("--seed", type=int, default=0, help="sampler seed for the evaluation")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  setup_logging()
 
   import jax  # pylint: disable=import-outside-toplevel
   from lliejax import evaluate, image_io, inference  # pylint: disable=import-outside-toplevel

@@ -7,6 +7,10 @@ processed, and the exit status is 1 at the end.
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (pulled in by clu writers) is chatty
+
 import argparse
 import logging
 import os

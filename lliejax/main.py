@@ -6,6 +6,10 @@ EXPORT_DIR --config ...`` for converted official weights) writes the enhanced PN
 """
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (pulled in by clu writers) is chatty
+
 import argparse
 import json
 import logging
@@ -13,6 +17,7 @@ import os
 import sys
 
 from lliejax.config_utils import load_config
+from lliejax.logging_utils import setup_logging
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -97,7 +102,7 @@ def run(argv=None) -> int:
   p.add_argument("--stop-at", type=int, default=None, help="stop (as if interrupted) after this step")
   _eval_args(p)
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  setup_logging()
   if args.mode != "eval":
     if not args.config or not args.workdir:
       p.error("training needs --config and --workdir")
@@ -119,7 +124,7 @@ def run_eval(argv=None) -> int:
   _common(p)
   _eval_args(p)
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  setup_logging()
   eval_main(args)
   return 0
 

@@ -269,7 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
 
   step = start
   for step in range(start + 1, total + 1):
-    batch = parallel.global_batch(next(data_iter), mesh)
+    local = next(data_iter)
+    batch = parallel.global_batch({"lq": local["lq"], "gt": local["gt"]}, mesh)
     state, metrics = step_fn(state, batch, train_key)
     if pending is not None:
       check(*pending)  # one step behind, so the host does not wait for the device every step

@@ -215,8 +215,11 @@ def test_bad_files(tmp_path, kind, small):
 def test_legacy_format_without_mmap(tmp_path, small):
   net, sd = small
   torch.save(net.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
-  out = convert.load_torch_state_dict(str(tmp_path / "legacy.pth"))
-  np.testing.assert_array_equal(out["intro.weight"].numpy(), sd["intro.weight"])
+  torch.save(net.state_dict(), tmp_path / "zip.pth")
+  for name in ("legacy.pth", "zip.pth"):
+    for mmap in (False, True):
+      out = convert.load_torch_state_dict(str(tmp_path / name), mmap=mmap)
+      np.testing.assert_array_equal(out["intro.weight"].numpy(), sd["intro.weight"])
 
 
 # ------------------------------------------------------------------------------------------------ CLI
