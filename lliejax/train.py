@@ -129,7 +129,7 @@ def make_train_step(config, model: nn.Module, tx, sde: sde_lib.IRSDE,
       return loss_fn(pred, target, k_loss)
 
     loss, grads = jax.value_and_grad(objective)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

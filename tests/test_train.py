@@ -1,0 +1,206 @@
+"""Training: the jitted step learns, is device-count invariant, follows the EMA/LR rules, stops on NaN and resumes."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from lliejax import parallel, sde as sde_lib, train
+from lliejax.configs.entropy_sde import get_config
+
+
+def _setup(config, mesh):
+  model, tx = train.create_model(config), train.make_optimizer(config)
+  sde = sde_lib.make_sde_from_config(config.sde)
+  state = train.create_train_state(config, model, tx, jax.random.key(0))
+  state = jax.device_put(state, parallel.replicated(mesh))
+  step = train.jit_train_step(train.make_train_step(config, model, tx, sde), mesh)
+  return model, sde, state, step
+
+
+def _batch(seed=0, n=8, size=32):
+  rng = np.random.default_rng(seed)
+  gt = rng.random((n, size, size, 3)).astype(np.float32)
+  return {"gt": gt, "lq": (gt * 0.15).astype(np.float32)}
+
+
+def test_train_step_reduces_loss():
+  config = get_config("tiny")
+  config.optim.learning_rate = 5e-3
+  config.num_train_steps = 1000  # keep the cosine schedule near its initial value
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  model, sde, state, step = _setup(config, mesh)
+  loss_fn = train.losses_lib.get_loss_fn(config.loss)
+  host = _batch()
+
+  @jax.jit
+  def fixed_objective(params):  # the same t and noise draws before and after training
+    noise_fn = lambda x, mu, t: model.apply({"params": params}, x, mu, t)
+    pred, target, _ = sde_lib.ml_pair(sde, noise_fn, host["gt"], host["lq"], jax.random.key(42))
+    return loss_fn(pred, target, None)
+
+  before = float(fixed_objective(state.params))
+  batch = parallel.global_batch(host, mesh)
+  for _ in range(30):
+    state, metrics = step(state, batch, jax.random.key(1))
+    assert bool(metrics["finite"])
+  after = float(fixed_objective(state.params))
+  assert int(state.step) == 30
+  assert after < 0.85 * before, (before, after)
+
+
+def test_eight_devices_match_one_device():
+  assert len(jax.devices()) == 8, "conftest must simulate 8 CPU devices"
+  config = get_config("tiny")
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    _, _, state, step = _setup(config, mesh)
+    batch = parallel.global_batch(_batch(), mesh)
+    assert len(batch["gt"].sharding.device_set) == len(devices)
+    losses = []
+    for _ in range(3):
+      state, m = step(state, batch, jax.random.key(7))
+      losses.append(float(m["loss"]))
+    results.append((jax.device_get(state), losses))
+  (s1, l1), (s8, l8) = results
+  np.testing.assert_allclose(l1, l8, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s8.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(s1.ema_params), jax.tree_util.tree_leaves(s8.ema_params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _ema_pytorch_reference(online, every, after, beta, inv_gamma=1.0, power=2 / 3):
+  """Scalar restatement of ema_pytorch.EMA.update() called once after every optimizer step."""
+  ema, step, initted, out = None, 0, False, []
+  for p in online:
+    s = step
+    step += 1
+    if not initted:
+      ema, initted = p, True
+    elif s % every == 0:
+      if s <= after:
+        ema = p
+      else:
+        epoch = max(step - after - 1, 0)
+        decay = 0.0 if epoch <= 0 else min(max(1 - (1 + epoch / inv_gamma) ** -power, 0.0), beta)
+        ema = ema + (1 - decay) * (p - ema)
+    out.append(ema)
+  return out
+
+
+def test_ema_follows_ema_pytorch_rules():
+  cfg = get_config("lolv1").ema
+  cfg.update_every, cfg.update_after_step = 3, 7
+  online = np.cumsum(np.random.default_rng(0).standard_normal(40)).astype(np.float64)
+  want = _ema_pytorch_reference(online, 3, 7, cfg.decay)
+  ema = jnp.zeros(())
+  got = []
+  for s, p in enumerate(online):
+    ema = train.ema_update(cfg, jnp.int32(s), ema, jnp.float32(p))
+    got.append(float(ema))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_learning_rate_is_torch_cosine_annealing():
+  config = get_config("lolv1")
+  config.num_train_steps = 100
+  sched = train.learning_rate_schedule(config)
+  lr0, eta = 1e-4, 1e-6
+  for k in (0, 1, 50, 99, 100):
+    want = eta + (lr0 - eta) * (1 + math.cos(math.pi * k / 100)) / 2
+    assert float(sched(k)) == pytest.approx(want, rel=1e-5)
+
+
+def test_optimizer_is_adamw_with_released_betas():
+  config = get_config("lolv1")
+  tx = train.make_optimizer(config)
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  adam = [s for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+          if isinstance(s, optax.ScaleByAdamState)]
+  assert adam, "AdamW state expected"
+  g = {"w": jnp.array([1.0, -2.0, 0.5])}
+  updates, _ = tx.update(g, state, params)
+  # First Adam step: -lr * g / (|g| + eps) with bias correction = -lr * sign(g).
+  np.testing.assert_allclose(updates["w"], -1e-4 * np.sign(g["w"]), rtol=1e-4)
+
+
+def _demo_config(tfds_dir, steps=6):
+  config = get_config("tiny")
+  config.data.data_dir = tfds_dir
+  config.num_train_steps = steps
+  config.checkpoint_every = 3
+  return config
+
+
+def _final_params(workdir):
+  params, _, step = train.load_params_from_workdir(workdir, ema=False)
+  return params, step
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_equals_uninterrupted(tfds_dir, tmp_path):
+  from lliejax.data import pipeline
+
+  pipeline.prepare("lliejax_demo", data_dir=tfds_dir)
+  config = _demo_config(tfds_dir)
+  train.train_and_evaluate(config, str(tmp_path / "a"))
+  train.train_and_evaluate(config, str(tmp_path / "b"), stop_at=3)
+  with ocp.CheckpointManager(str(tmp_path / "b" / "checkpoints")) as m:
+    assert m.latest_step() == 3
+  assert not (tmp_path / "b" / "export").exists()
+  train.train_and_evaluate(config, str(tmp_path / "b"))  # resumes at step 3
+  (pa, sa), (pb, sb) = _final_params(str(tmp_path / "a")), _final_params(str(tmp_path / "b"))
+  assert sa == sb == 6
+  for a, b in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+    np.testing.assert_array_equal(a, b)
+  ea, _ = train.load_params_from_workdir(str(tmp_path / "a"))[0], None
+  eb = train.load_params_from_workdir(str(tmp_path / "b"))[0]
+  for a, b in zip(jax.tree_util.tree_leaves(ea), jax.tree_util.tree_leaves(eb)):
+    np.testing.assert_array_equal(a, b)
+  # The export holds the EMA params for inference.
+  from lliejax.checkpoint import load_exported
+  exported, info = load_exported(str(tmp_path / "a" / "export"))
+  assert info["step"] == 6 and info["model"]["width"] == 8
+  for a, b in zip(jax.tree_util.tree_leaves(exported), jax.tree_util.tree_leaves(ea)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
+  from lliejax.data import pipeline
+
+  pipeline.prepare("lliejax_demo", data_dir=tfds_dir)
+  workdir = str(tmp_path / "run")
+  config = _demo_config(tfds_dir, steps=3)
+  train.train_and_evaluate(config, workdir)
+  good, _ = _final_params(workdir)
+  config.num_train_steps = 9
+  config.loss.weight = float("nan")
+  with pytest.raises(FloatingPointError, match=r"step 4.*last good checkpoint is step 3"):
+    train.train_and_evaluate(config, workdir)
+  params, step = _final_params(workdir)
+  assert step == 3
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(good)):
+    assert np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_workdir_with_other_architecture_is_refused(tmp_path):
+  config = get_config("tiny")
+  train.save_config(str(tmp_path), config)
+  other = get_config("tiny")
+  other.model.width = 16
+  with pytest.raises(ValueError, match="different config.model"):
+    train.save_config(str(tmp_path), other)
+
+
+def test_batch_not_divisible_by_devices():
+  mesh = parallel.make_mesh()
+  with pytest.raises(ValueError, match="config.batch_size=6"):
+    parallel.local_batch_size(6, mesh)
