@@ -24,7 +24,7 @@ def plan_outputs(inputs: list[str], out_dir: str, *, overwrite: bool) -> list[tu
   files = []
   for item in inputs:
     if os.path.isdir(item):
-      files.extend(image_io.list_images(item))
+      files.extend(str(f) for f in image_io.list_images(item))
     elif os.path.exists(item):
       files.append(item)
     else:

@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (pulled in by clu writers) is chatty
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -103,17 +102,21 @@ def run(argv=None) -> int:
   _eval_args(p)
   args = p.parse_args(argv)
   setup_logging()
-  if args.mode != "eval":
-    if not args.config or not args.workdir:
-      p.error("training needs --config and --workdir")
-    config = load_config(args.config)
-    _apply_paths(config, args)
-    train_main(config, args.workdir, stop_at=args.stop_at)
-    if args.mode == "train" or args.stop_at:
+  try:
+    if args.mode != "eval":
+      if not args.config or not args.workdir:
+        p.error("training needs --config and --workdir")
+      config = load_config(args.config)
+      _apply_paths(config, args)
+      train_main(config, args.workdir, stop_at=args.stop_at)
+      if args.mode == "train" or args.stop_at:
+        return 0
+      eval_main(args, config)
       return 0
-    eval_main(args, config)
-    return 0
-  eval_main(args)
+    eval_main(args)
+  except (FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
+    print(f"lliejax-train: error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 
@@ -125,7 +128,11 @@ def run_eval(argv=None) -> int:
   _eval_args(p)
   args = p.parse_args(argv)
   setup_logging()
-  eval_main(args)
+  try:
+    eval_main(args)
+  except (FileExistsError, FileNotFoundError, ValueError) as e:
+    print(f"lliejax-eval: error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

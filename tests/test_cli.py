@@ -1,0 +1,146 @@
+"""Command-line programs end to end on tiny inputs: train, eval, enhance (including bad inputs), demo, --help."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lliejax import demo, enhance, image_io, main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "entropy_sde.py") + ":tiny"
+
+
+@pytest.fixture(scope="module")
+def workdir(tfds_dir, tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("cli") / "run")
+  assert main.run(["--config", TINY, "--workdir", wd, "--data-dir", tfds_dir, "--mode", "train"]) == 0
+  return wd
+
+
+@pytest.mark.parametrize("prog", ["lliejax-train", "lliejax-eval", "lliejax-enhance", "lliejax-demo",
+                                  "lliejax-convert", "lliejax-crosscheck"])
+def test_console_scripts_help(prog):
+  out = subprocess.run([prog, "--help"], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert "usage:" in out.stdout and prog in out.stdout
+
+
+def test_train_writes_checkpoints_events_and_export(workdir):
+  assert os.path.isfile(os.path.join(workdir, "config.json"))
+  assert os.path.isfile(os.path.join(workdir, "export", "lliejax_export.json"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "6"
+  events = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
+  assert events, "TensorBoard event file expected"
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, events[0]))
+  acc.Reload()
+  tags = acc.Tags()
+  scalars = tags["scalars"] + tags.get("tensors", [])
+  assert "loss" in scalars and "learning_rate" in scalars
+
+
+def test_eval_writes_metrics_json_and_pngs(workdir, tmp_path, tfds_dir):
+  out = str(tmp_path / "eval")
+  assert main.run_eval(["--workdir", workdir, "--max-images", "2", "--out", out, "--data-dir", tfds_dir]) == 0
+  with open(os.path.join(out, "metrics.json")) as f:
+    m = json.load(f)
+  assert m["num_images"] == 2 and m["sampler"] == "posterior"
+  for row in m["per_image"]:
+    png = os.path.join(out, row["name"] + ".png")
+    img, _ = image_io.read_image(png)
+    assert img.shape[-1] == 3 and np.isfinite(row["psnr"]) and -1 <= row["ssim"] <= 1
+  # A second run must not silently replace the results.
+  assert main.run_eval(["--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir]) == 2
+  assert main.run_eval(["--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir,
+                        "--overwrite"]) == 0
+
+
+def _write_inputs(d):
+  os.makedirs(d)
+  rng = np.random.default_rng(0)
+  rgb = (rng.random((21, 34, 3)) * 60).astype(np.uint8)
+  Image.fromarray(rgb).save(os.path.join(d, "rgb.png"))
+  Image.fromarray(rgb[..., 0]).save(os.path.join(d, "gray.png"))
+  Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])).save(os.path.join(d, "rgba.png"))
+  Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(os.path.join(d, "gray16.png"))
+  Image.fromarray(rgb).save(os.path.join(d, "photo.jpg"), quality=90)
+  with open(os.path.join(d, "broken.png"), "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+  return {"rgb": (21, 34), "gray": (21, 34), "rgba": (21, 34), "gray16": (21, 34), "photo": (21, 34)}
+
+
+def test_enhance_folder_with_bad_inputs(workdir, tmp_path, capsys):
+  inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+  expected = _write_inputs(inp)
+  rc = enhance.run([inp, "--model", workdir, "--out", out, "--quiet"])
+  captured = capsys.readouterr()
+  assert rc == 1  # the corrupt file makes the run fail at the end ...
+  assert "broken.png" in captured.err
+  for name, (h, w) in expected.items():  # ... but every readable file was enhanced
+    img, _ = image_io.read_image(os.path.join(out, name + ".png"))
+    assert img.shape == (h, w, 3)
+  assert "grayscale" in captured.out.lower() or "gray" in captured.out.lower()
+  assert not os.path.exists(os.path.join(out, "broken.png"))
+  # Existing outputs are refused and left untouched unless --overwrite.
+  before = os.path.getmtime(os.path.join(out, "rgb.png"))
+  assert enhance.run([os.path.join(inp, "rgb.png"), "--model", workdir, "--out", out, "--quiet"]) == 2
+  assert "already exists" in capsys.readouterr().err
+  assert os.path.getmtime(os.path.join(out, "rgb.png")) == before
+  assert enhance.run([os.path.join(inp, "rgb.png"), "--model", workdir, "--out", out, "--quiet",
+                      "--overwrite"]) == 0
+
+
+def test_enhance_never_overwrites_inputs(workdir, tmp_path, capsys):
+  inp = str(tmp_path / "in")
+  _write_inputs(inp)
+  src = os.path.join(inp, "rgb.png")
+  data = open(src, "rb").read()
+  assert enhance.run([src, "--model", workdir, "--out", inp, "--overwrite", "--quiet"]) == 2
+  assert "input files" in capsys.readouterr().err
+  assert open(src, "rb").read() == data
+
+
+def test_enhance_is_reproducible_and_same_as_exported_params(workdir, tmp_path):
+  inp = str(tmp_path / "in")
+  _write_inputs(inp)
+  src = os.path.join(inp, "photo.jpg")
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  assert enhance.run([src, "--model", workdir, "--out", a, "--quiet", "--seed", "3"]) == 0
+  assert enhance.run([src, "--model", os.path.join(workdir, "export"), "--out", b, "--quiet", "--seed", "3"]) == 0
+  np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(a, "photo.png"))),
+                                np.asarray(Image.open(os.path.join(b, "photo.png"))))
+
+
+def test_enhance_bad_model_and_missing_input(tmp_path, capsys):
+  inp = str(tmp_path / "in")
+  _write_inputs(inp)
+  assert enhance.run([inp, "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+  assert "does not exist" in capsys.readouterr().err
+  assert enhance.run([str(tmp_path / "missing.png"), "--model", inp, "--out", str(tmp_path / "o")]) == 2
+  assert "missing.png" in capsys.readouterr().err
+
+
+def test_train_cli_bad_config_errors(tmp_path, capsys):
+  assert main.run(["--config", TINY + ",model.nonexistent=3", "--workdir", str(tmp_path)]) == 2
+  assert "model.nonexistent" in capsys.readouterr().err
+  assert main.run(["--config", "configs/missing.py:demo", "--workdir", str(tmp_path)]) == 2
+  assert "missing.py" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_tiny_config(tfds_dir, tmp_path, capsys):
+  wd = str(tmp_path / "demo")
+  assert demo.run(["--workdir", wd, "--config", "entropy_sde:tiny", "--data-dir", tfds_dir]) == 0
+  out = capsys.readouterr().out
+  picture = os.path.join(wd, "results", "side_by_side.png")
+  assert picture in out and os.path.isfile(picture)
+  img, _ = image_io.read_image(picture)
+  assert img.shape[0] > 64 and img.shape[1] > 3 * 64
+  table = open(os.path.join(wd, "results", "metrics.md")).read()
+  assert "PSNR input" in table and "mean" in table
+  with open(os.path.join(wd, "results", "metrics.json")) as f:
+    assert json.load(f)["num_images"] == 3
