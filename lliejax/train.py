@@ -19,11 +19,9 @@ last checkpoint (written only from finite states) stays the latest.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
-import time
 from typing import Any, Callable
 
 import flax
@@ -211,10 +209,6 @@ def load_params_from_workdir(workdir: str, *, ema: bool = True, step: int | None
 
 
 # ------------------------------------------------------------------------------------------ loop
-def _write_images(writer, step, title, images):
-  writer.write_images(step, {title: np.clip(np.concatenate(images, axis=2), 0, 1)})
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None,
                        mesh=None) -> TrainState:
   """Train (resuming from the latest checkpoint in ``workdir``), validate, checkpoint and export EMA params.
@@ -227,6 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   """
   from clu import metric_writers, periodic_actions  # pylint: disable=import-outside-toplevel
   from lliejax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from lliejax.metrics import TrainMetrics  # pylint: disable=import-outside-toplevel
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
@@ -257,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                                       start_step=start)
   step_fn = jit_train_step(make_train_step(config, model, tx, sde), mesh)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer, every_steps=config.log_every)
-  pending, acc, last_saved = None, [], latest
+  pending, acc, last_saved = None, None, latest
 
   def check(metrics, step):
     if not bool(metrics["finite"]):
@@ -275,14 +270,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     if pending is not None:
       check(*pending)  # one step behind, so the host does not wait for the device every step
     pending = (metrics, step)
-    acc.append(metrics)
+    update = TrainMetrics.single_from_model_output(loss=metrics["loss"], grad_norm=metrics["grad_norm"],
+                                                   learning_rate=metrics["learning_rate"])
+    acc = update if acc is None else acc.merge(update)
     report(step)
     if step % config.log_every == 0 or step == total:
       check(*pending)
-      host = jax.device_get(acc)
-      writer.write_scalars(step, {k: float(np.mean([m[k] for m in host])) for k in ("loss", "grad_norm")} |
-                           {"learning_rate": float(host[-1]["learning_rate"])})
-      acc = []
+      writer.write_scalars(step, {k: float(v) for k, v in acc.compute().items()})
+      acc = None
     if step % config.checkpoint_every == 0 or step == total or step == stop_at:
       check(*pending)
       mngr.save(step, args=ocp.args.StandardSave(state))
@@ -295,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     check(*pending)
   mngr.wait_until_finished()
   mngr.close()
-  if step == total and total > start or (step == total and latest == total):
+  if int(state.step) >= total:
     if jax.process_index() == 0:
       export_params(os.path.join(workdir, "export"), jax.device_get(state.ema_params), model=config.model,
                     sde=config.sde, overwrite=True, source=workdir, step=int(state.step), ema=True)
