@@ -1,0 +1,85 @@
+"""Sampler latency: the full reverse process (T = 100 network evaluations in one ``lax.scan``) per image.
+
+``python benchmarks/sampler.py [--cases small-128,lowlight-128] [--mode posterior] [--iters 3]``
+
+Cases: the small NAFNet (width 16, enc [1,1,1,2]) and the low-light NAFNet (288M parameters) at 128x128, and
+the small one at the LOL resolution 400x600, batch 1. Each case runs in a subprocess (peak memory is that
+process's ``ru_maxrss`` on CPU, ``peak_bytes_in_use`` on GPU). Times are medians after compilation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CASES = {
+    "small-128": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], h=128, w=128),
+    "small-400x600": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], h=400, w=600),
+    "lowlight-128": dict(width=64, enc=[1, 1, 1, 1, 28], middle=1, dec=[1, 1, 1, 1, 1], h=128, w=128),
+}
+
+
+def run_case(name: str, mode: str, iters: int) -> dict:
+  import resource
+  import statistics
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  from lliejax import evaluate, sde as sde_lib, train
+  from lliejax.configs.entropy_sde import get_config
+
+  c = CASES[name]
+  config = get_config("lolv1_l1")
+  config.model.width, config.model.enc_blk_nums = c["width"], c["enc"]
+  config.model.middle_blk_num, config.model.dec_blk_nums = c["middle"], c["dec"]
+  model = train.create_model(config)
+  sde = sde_lib.make_sde_from_config(config.sde)
+  params = train.init_params(model, jax.random.key(0))
+  run = evaluate.make_sampler(model, sde, mode)
+  lq = jax.random.uniform(jax.random.key(1), (1, c["h"], c["w"], 3)) * 0.2
+  t0 = time.perf_counter()
+  jax.block_until_ready(run(params, lq, jax.random.key(2)))
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(params, lq, jax.random.key(3 + i)))
+    times.append(time.perf_counter() - t0)
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != "cpu" else None
+  peak = (stats or {}).get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  med = statistics.median(times)
+  return {"case": name, "mode": mode, "steps": sde.T, "compile_s": compile_s, "s_per_image": med,
+          "ms_per_step": 1000 * med / sde.T, "peak_gib": peak / 2**30, "device": dev.platform}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
+  p.add_argument("--mode", default="posterior", choices=("posterior", "sde", "ode"))
+  p.add_argument("--iters", type=int, default=3)
+  p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args()
+  if args._child:
+    print(json.dumps(run_case(args._child, args.mode, args.iters)))
+    return
+  rows = []
+  for name in args.cases.split(","):
+    proc = subprocess.run([sys.executable, __file__, "--_child", name, "--mode", args.mode, "--iters",
+                           str(args.iters)], capture_output=True, text=True)
+    if proc.returncode:
+      print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+      continue
+    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  print(f"{'case':15s} {'mode':9s} {'steps':>5s} {'compile s':>9s} {'s/image':>8s} {'ms/step':>8s} "
+        f"{'peak GiB':>8s} device")
+  for r in rows:
+    print(f"{r['case']:15s} {r['mode']:9s} {r['steps']:5d} {r['compile_s']:9.1f} {r['s_per_image']:8.2f} "
+          f"{r['ms_per_step']:8.1f} {r['peak_gib']:8.2f} {r['device']}")
+
+
+if __name__ == "__main__":
+  main()
