@@ -17,7 +17,9 @@ TINY = os.path.join(REPO, "configs", "entropy_sde.py") + ":tiny"
 @pytest.fixture(scope="module")
 def workdir(tfds_dir, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("cli") / "run")
-  assert main.run(["--config", TINY, "--workdir", wd, "--data-dir", tfds_dir, "--mode", "train"]) == 0
+  # eval_every=3: validation (SDE sampler, PSNR/SSIM, LQ|output|GT grids) runs during training too.
+  assert main.run(["--config", TINY + ",eval_every=3", "--workdir", wd, "--data-dir", tfds_dir,
+                   "--mode", "train"]) == 0
   return wd
 
 
@@ -41,6 +43,8 @@ def test_train_writes_checkpoints_events_and_export(workdir):
   tags = acc.Tags()
   scalars = tags["scalars"] + tags.get("tensors", [])
   assert "loss" in scalars and "learning_rate" in scalars
+  assert "eval/psnr" in scalars and "eval/ssim" in scalars
+  assert any(t.startswith("eval/") for t in tags["images"] + tags.get("tensors", [])), tags
 
 
 def test_eval_writes_metrics_json_and_pngs(workdir, tmp_path, tfds_dir):
