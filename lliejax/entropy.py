@@ -367,6 +367,8 @@ def spatial_entropy_loss(pred: jax.Array, target: jax.Array, *, key: jax.Array |
   if pred.shape != target.shape:
     raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
   windows = _check_windows(windows)
+  if bins < 2:
+    raise ValueError(f"bins must be >= 2, got {bins}")
   if kind not in ("kl", "cross", "hellinger", "hellinger_smooth"):
     raise ValueError(f"unknown kind {kind!r}; expected 'kl', 'cross', 'hellinger' or 'hellinger_smooth'")
   if cross_order not in ("official", "target_first"):
@@ -411,14 +413,15 @@ def spatial_entropy(image: jax.Array, *, key: jax.Array | None = None, weights: 
 
   ``image``: ``(H, W, C)`` -> scalar, or ``(B, H, W, C)`` -> ``(B,)`` (one value per image; the official function
   additionally averages over the batch). The bin sum is averaged over ``(windows, C, H, W)``. Defaults to no
-  neighbour weights so that the metric is deterministic; other options as in :func:`spatial_entropy_loss`.
+  neighbour weights (``weights='mean'`` or ``None``) so that the metric is deterministic; other options as in
+  :func:`spatial_entropy_loss`.
   """
   image = jnp.asarray(image, jnp.float32)
   single = image.ndim == 3
   if single:
     image = image[None]
   windows = _check_windows(windows)
-  w = _resolve_weights(weights, "metric", key)
+  w = _resolve_weights("mean" if weights is None else weights, "metric", key)
   fields = (_prepare(image, w, bins=bins, norm=neighbour_norm, clamp=clamp),)
   e = jnp.float32(eps)
   sums = _chunked_bin_sums(fields, lambda d: -d[0] * jnp.log(d[0] + e), bins=bins, bandwidth=bandwidth,
