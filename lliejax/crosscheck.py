@@ -54,8 +54,15 @@ noted):
   ``relative_entropy``, ``cross_entropy``, ``hellinger`` (its ``torch.sqrt(2)`` TypeError, REFERENCE 6.1, is
   bypassed by a proxy ``sqrt`` for this call only) and ``loss.smooth_loss`` on the cases of
   :data:`KDE_CASES` (REFERENCE 1.7's test vector with ``w = ones``, random inputs with shared ``N(0,1)``
-  neighbour weights, no weights); :func:`lliejax_kde_values` supplies the lliejax side (rel <= 1e-5). Until
-  it is wired to :mod:`lliejax.entropy` the KDE rows are reported as SKIP.
+  neighbour weights, no weights); :func:`lliejax_kde_values` computes the same quantities with
+  :mod:`lliejax.entropy` on the same inputs (transposed to NHWC) and the same explicit 3x3 weight array:
+  ``kde_density`` for both densities (official layout, max-abs / max|official|), and ``spatial_entropy_loss``
+  with ``kind='kl'`` (KL(P=target || Q=pred), as ``r_entropy_loss``), ``'cross'`` (P = prediction, as
+  ``c_entropy_loss``), ``'hellinger'`` (P = target), ``'hellinger_smooth'`` (vs official Hellinger +
+  ``smooth_loss``) and ``smoothness_loss`` (scalars: ``|a-b|/|b|``). Tolerance **rel <= 1e-5**. The official
+  cross entropy has no epsilon and is NaN (``0 * ln 0``) wherever a bin is empty in both densities, which
+  happens in float32 for L >= 10; such rows check that lliejax is NaN as well, and the case is repeated at
+  L = 8 for a numerical comparison where that is finite (rows ``@L=8``).
 
 The exit status is 0 when every row passes, 1 when any fails, 2 for usage errors (no checkout found, torch
 missing). torch runs in float32 with deterministic algorithms and ``torch.set_num_threads(<cores>)``; the JAX
@@ -591,7 +598,8 @@ def official_kde_reference(official, pred: np.ndarray, target: np.ndarray, *, bi
   Keys: ``density_pred``/``density_target`` (``kde``, shape (B, L*L, C, H, 3W)), ``relative`` =
   ``relative_entropy(P=target, Q=pred)`` (as ``r_entropy_loss``), ``cross`` = ``cross_entropy(P=pred,
   Q=target)`` (as ``c_entropy_loss``, which passes no weights), ``hellinger`` = ``hellinger(P=target, Q=pred)``
-  (as ``hellinger_loss``), ``smooth`` = ``loss.smooth_loss(pred, target)`` (the extra term of ``helsmooth``).
+  (as ``hellinger_loss``), ``smooth`` = ``loss.smooth_loss(pred, target)`` (the extra term of ``helsmooth``),
+  ``hellinger+smooth`` = the sum of the two (``EntropyLoss(name='helsmooth')``). All use the same ``weight``.
   """
   import torch  # pylint: disable=import-outside-toplevel
   ku = official.kde_utils
@@ -607,6 +615,7 @@ def official_kde_reference(official, pred: np.ndarray, target: np.ndarray, *, bi
       out["hellinger"] = ku.hellinger(py, px).numpy()
     if official.loss is not None:
       out["smooth"] = official.loss.smooth_loss(x, y, win_size=3).numpy()
+      out["hellinger+smooth"] = out["hellinger"] + out["smooth"]  # EntropyLoss(name='helsmooth')
   return out
 
 
@@ -622,31 +631,93 @@ def _kde_inputs(name: str, shape, bins: int, weights, rng) -> tuple[np.ndarray, 
   return x, y, w
 
 
+# What each KDE row compares: lliejax call vs official call (P/Q as passed to the official divergence).
+KDE_QUANTITIES = {
+    "density_pred": "kde_density(pred) vs kde(pred)",
+    "density_target": "kde_density(target) vs kde(target)",
+    "relative": "kind=kl vs relative_entropy(P=target,Q=pred)",
+    "cross": "kind=cross vs cross_entropy(P=pred,Q=target)",
+    "hellinger": "kind=hellinger vs hellinger(P=target,Q=pred)",
+    "smooth": "smoothness_loss vs smooth_loss",
+    "hellinger+smooth": "kind=hellinger_smooth vs hellinger+smooth_loss",
+}
+KDE_CROSS_FINITE_BINS = 8  # sigmoid-derivative kernels of all bins stay > 0 in float32 for L <= 9
+
+
 def _kde_rows(official, entropy, *, seed: int, tol: float) -> list[Row]:
-  """One row per (case, quantity): the lliejax values from :func:`lliejax_kde_values` vs the official ones."""
+  """One row per (case, quantity): the lliejax values from :func:`lliejax_kde_values` vs the official ones.
+
+  Scalars are compared by ``|a - b| / |b|``, densities by max-abs / max |official|. The official cross entropy has
+  no epsilon: at L >= 10 the kernel ``s(1-s)`` is exactly 0 in float32 for bins more than ~8 units away, so bins
+  that are empty in both densities give ``0 * ln 0 = NaN``. Where the official value is NaN the row checks that
+  lliejax is NaN too (PASS iff both are NaN), and the case is re-evaluated at
+  L = :data:`KDE_CROSS_FINITE_BINS` (same inputs and weights) for a numerical comparison when that is finite
+  (a row marked ``@L=8``; when it is NaN as well, again NaN agreement).
+  """
   rng = np.random.default_rng(seed)
   rows = []
   for name, shape, bins, weights in KDE_CASES:
     x, y, w = _kde_inputs(name, shape, bins, weights, rng)
     ref = official_kde_reference(official, x, y, bins=bins, weight=w)
     mine = lliejax_kde_values(entropy, x, y, bins=bins, weight=w)
-    if mine is None:
-      return [Row("kde", math.nan, math.nan, tol, "rel", "lliejax side not wired (lliejax_kde_values)",
-                  skipped=True)]
     for q, r in ref.items():
-      if q in mine:
-        rows.append(compare(f"kde {name} {q}", mine[q], r, tol=tol, metric="rel"))
+      if q not in mine:
+        continue
+      label = f"kde {name}: {KDE_QUANTITIES.get(q, q)}"
+      if q == "cross" and not np.all(np.isfinite(r)):
+        rows.append(_nan_agreement(label, mine[q], r, tol))
+        if bins != KDE_CROSS_FINITE_BINS:
+          lf = KDE_CROSS_FINITE_BINS
+          r8 = official_kde_reference(official, x, y, bins=lf, weight=w)["cross"]
+          m8 = lliejax_kde_values(entropy, x, y, bins=lf, weight=w, quantities=("cross",))["cross"]
+          label8 = f"{label} @L={lf}"
+          rows.append(compare(label8, m8, r8, tol=tol, metric="rel", note=f"finite at L={lf}")
+                      if np.all(np.isfinite(r8)) else _nan_agreement(label8, m8, r8, tol))
+        continue
+      rows.append(compare(label, mine[q], r, tol=tol, metric="rel"))
   return rows
 
 
+def _nan_agreement(label: str, got, ref, tol: float) -> Row:
+  """Row for an official value that is not finite: PASS iff lliejax gives the same non-finite value."""
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  same = got.shape == ref.shape and bool(np.all((np.isnan(got) & np.isnan(ref)) | (got == ref)))
+  official = "NaN" if np.all(np.isnan(ref)) else "non-finite"
+  return Row(label, 0.0 if same else math.inf, 0.0 if same else math.inf, tol, "rel",
+             f"official {official} (0*ln 0, no eps): lliejax {'too' if same else f'= {got.ravel()[:3]}'}")
+
+
 def lliejax_kde_values(entropy, pred: np.ndarray, target: np.ndarray, *, bins: int, weight,
-                       bandwidth: float = 0.5) -> dict[str, np.ndarray] | None:
+                       bandwidth: float = 0.5, quantities: Sequence[str] | None = None) -> dict[str, np.ndarray]:
   """The lliejax counterparts of :func:`official_kde_reference` (same keys, NCHW in -> same layouts out).
 
-  Returns ``None`` while :mod:`lliejax.entropy` is not wired in (the KDE rows are then reported as SKIP).
+  Inputs are transposed to NHWC; the explicit 3x3 ``weight`` (or ``'mean'``, i.e. no weights, for ``None``) is
+  passed to every call, so prediction and target share it as in the official loss wrappers. Densities come from
+  :func:`lliejax.entropy.kde_density` (already in the official layout ``(B, L*L, C, H, 3W)``); the losses from
+  :func:`lliejax.entropy.spatial_entropy_loss` with ``kind='kl'`` (KL(target || pred)), ``'cross'``
+  (``cross_order='official'``: P = prediction, no epsilon), ``'hellinger'``, ``'hellinger_smooth'``, and
+  :func:`lliejax.entropy.smoothness_loss`. ``quantities`` restricts the keys computed.
   """
-  del entropy, pred, target, bins, weight, bandwidth
-  return None
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  nhwc = lambda a: jnp.asarray(np.ascontiguousarray(np.asarray(a, np.float32).transpose(0, 2, 3, 1)))
+  xp, yt = nhwc(pred), nhwc(target)
+  w = None if weight is None else jnp.asarray(np.asarray(weight, np.float32).reshape(3, 3))
+  lw = "mean" if w is None else w
+  common = dict(bins=bins, bandwidth=bandwidth, kernel="sigmoid", windows=(1, 3, 5), neighbour_norm="official",
+                clamp=True)
+  calls = {
+      "density_pred": lambda: entropy.kde_density(xp, weights=w, **common),
+      "density_target": lambda: entropy.kde_density(yt, weights=w, **common),
+      "relative": lambda: entropy.spatial_entropy_loss(xp, yt, kind="kl", weights=lw, **common),
+      "cross": lambda: entropy.spatial_entropy_loss(xp, yt, kind="cross", weights=lw, cross_order="official",
+                                                    **common),
+      "hellinger": lambda: entropy.spatial_entropy_loss(xp, yt, kind="hellinger", weights=lw, **common),
+      "smooth": lambda: entropy.smoothness_loss(xp, yt),
+      "hellinger+smooth": lambda: entropy.spatial_entropy_loss(xp, yt, kind="hellinger_smooth", weights=lw,
+                                                               **common),
+  }
+  keys = list(calls) if quantities is None else list(quantities)
+  return {k: np.asarray(calls[k]()) for k in keys}
 
 
 # ------------------------------------------------------------------------------------------------ CLI

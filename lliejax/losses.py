@@ -47,10 +47,13 @@ def get_loss_fn(cfg) -> LossFn:
     from lliejax import entropy  # pylint: disable=import-outside-toplevel
 
     kwargs = dict(kind=name, bins=int(cfg.bins), bandwidth=float(cfg.bandwidth), kernel=cfg.kernel,
-                  windows=tuple(int(w) for w in cfg.windows), weights=cfg.weights,
-                  neighbour_norm=cfg.neighbour_norm)
+                  windows=tuple(int(w) for w in cfg.windows), neighbour_norm=cfg.neighbour_norm)
+    if cfg.get("weights") is not None:
+      kwargs["weights"] = cfg.weights
     if int(cfg.get("chunk_size", 0)) > 0:
       kwargs["chunk_size"] = int(cfg.chunk_size)
+    if cfg.get("eps") is not None:
+      kwargs["eps"] = float(cfg.eps)
 
     def loss(pred, target, key):
       return weight * entropy.spatial_entropy_loss(pred, target, key=key, **kwargs)

@@ -56,9 +56,14 @@ def base_config() -> ml_collections.ConfigDict:
   lo.bandwidth = 0.5
   lo.kernel = "sigmoid"
   lo.windows = (1, 3, 5)
-  lo.weights = "normal"  # neighbour weights: normal (official) | shuffled_gaussian | mean
+  # Neighbour weights: None = the official choice per loss (fresh N(0,1) 3x3 draws for kl / hellinger, none for
+  # cross) | normal | shuffled_gaussian (paper) | mean.
+  lo.weights = ml_collections.config_dict.placeholder(str)
   lo.neighbour_norm = "official"
   lo.chunk_size = 0  # 0: the loss module's default
+  # None: official epsilons (KL 1e-10; cross-entropy none, which gives NaN where far bins underflow, e.g. dark
+  # images at L = 32, exactly as the official code); set 1e-10 to train with ``cross``.
+  lo.eps = ml_collections.config_dict.placeholder(float)
 
   c.optim = o = ml_collections.ConfigDict()
   o.name = "adamw"
