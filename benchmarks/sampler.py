@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
+
+from _runner import peak_memory_bytes, run_cases
 
 CASES = {
     "small-128": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], h=128, w=128),
@@ -21,7 +21,6 @@ CASES = {
 
 
 def run_case(name: str, mode: str, iters: int) -> dict:
-  import resource
   import statistics
   import time
 
@@ -49,8 +48,7 @@ def run_case(name: str, mode: str, iters: int) -> dict:
     jax.block_until_ready(run(params, lq, jax.random.key(3 + i)))
     times.append(time.perf_counter() - t0)
   dev = jax.devices()[0]
-  stats = dev.memory_stats() if dev.platform != "cpu" else None
-  peak = (stats or {}).get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = peak_memory_bytes()
   med = statistics.median(times)
   return {"case": name, "mode": mode, "steps": sde.T, "compile_s": compile_s, "s_per_image": med,
           "ms_per_step": 1000 * med / sde.T, "peak_gib": peak / 2**30, "device": dev.platform}
@@ -66,14 +64,7 @@ def main() -> None:
   if args._child:
     print(json.dumps(run_case(args._child, args.mode, args.iters)))
     return
-  rows = []
-  for name in args.cases.split(","):
-    proc = subprocess.run([sys.executable, __file__, "--_child", name, "--mode", args.mode, "--iters",
-                           str(args.iters)], capture_output=True, text=True)
-    if proc.returncode:
-      print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-      continue
-    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  rows = run_cases(__file__, args.cases.split(","), ["--mode", args.mode, "--iters", str(args.iters)])
   print(f"{'case':15s} {'mode':9s} {'steps':>5s} {'compile s':>9s} {'s/image':>8s} {'ms/step':>8s} "
         f"{'peak GiB':>8s} device")
   for r in rows:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
+
+from _runner import peak_memory_bytes, run_cases
 
 CASES = {
     "small-64": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], batch=8, size=64),
@@ -24,7 +23,6 @@ TORCH_REFERENCE_MS = {"small-64": (119, None), "small-128": (418, None), "lowlig
 
 
 def run_case(name: str, iters: int, loss: str) -> dict:
-  import resource
   import statistics
   import time
 
@@ -71,8 +69,7 @@ def run_case(name: str, iters: int, loss: str) -> dict:
     jax.block_until_ready(fwd(state.params, x))
     ftimes.append(time.perf_counter() - t0)
   dev = jax.devices()[0]
-  stats = dev.memory_stats() if dev.platform != "cpu" else None
-  peak = (stats or {}).get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = peak_memory_bytes()
   med = statistics.median(times)
   return {"case": name, "params": count_params(state.params), "batch": c["batch"], "size": c["size"],
           "compile_s": compile_s, "step_ms": 1000 * med, "img_per_s": c["batch"] / med,
@@ -90,14 +87,7 @@ def main() -> None:
   if args._child:
     print(json.dumps(run_case(args._child, args.iters, args.loss)))
     return
-  rows = []
-  for name in args.cases.split(","):
-    proc = subprocess.run([sys.executable, __file__, "--_child", name, "--iters", str(args.iters), "--loss",
-                           args.loss], capture_output=True, text=True, env=os.environ.copy())
-    if proc.returncode:
-      print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-      continue
-    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  rows = run_cases(__file__, args.cases.split(","), ["--iters", str(args.iters), "--loss", args.loss])
   print(f"{'case':14s} {'params':>12s} {'batch':>5s} {'size':>5s} {'compile s':>9s} {'step ms':>9s} "
         f"{'img/s':>8s} {'fwd ms':>8s} {'peak GiB':>8s} {'torch step ms':>13s} {'torch fwd ms':>12s} device")
   for r in rows:

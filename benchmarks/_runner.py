@@ -1,0 +1,30 @@
+"""Shared helpers of the benchmark scripts: one subprocess per case, peak memory of that process."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+
+
+def peak_memory_bytes() -> int:
+  """``peak_bytes_in_use`` of the first device on accelerators, else this process's peak RSS."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() if dev.platform != "cpu" else None
+  return (stats or {}).get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_cases(script: str, names: list[str], args: list[str]) -> list[dict]:
+  """Run ``script --_child NAME *args`` for each case; collect the JSON line each prints last."""
+  rows = []
+  for name in names:
+    proc = subprocess.run([sys.executable, script, "--_child", name, *args], capture_output=True, text=True,
+                          env=os.environ.copy())
+    if proc.returncode:
+      print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+      continue
+    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  return rows
