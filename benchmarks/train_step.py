@@ -4,8 +4,12 @@ Cases (issue 2): the small NAFNet (width 16, enc [1,1,1,2], middle 1, dec [1,1,1
 128x128, and the low-light NAFNet (width 64, enc [1,1,1,1,28], 288M parameters) at batch 2 on 128x128, l1 loss.
 Each case runs in its own subprocess so that the peak memory column (``ru_maxrss`` of that process on CPU,
 ``peak_bytes_in_use`` on GPU) belongs to it alone. Times are medians over ``--iters`` steps after compilation.
-Also reports one forward pass of the network (the official PyTorch code, measured on the same 2-core CPU:
-small 64x64 119 ms/step, small 128x128 418 ms/step, low-light 2.19 s/step and 454 ms per forward).
+Also reports one forward pass of the network. ``--official PATH`` (a local checkout of the official repository;
+needs ``pip install -e ".[torch]"``) adds the official PyTorch ``ConditionalNAFNet`` at the same sizes: a training
+step (forward, l1 loss, backward, AdamW step) and a forward pass, in a subprocess of their own, so both columns are
+measured on the same machine under the same conditions. Without it the table shows the official numbers measured
+on the 2-core development machine (small 64x64 119 ms/step, 128x128 418 ms/step, low-light 2.19 s/step and
+454 ms per forward).
 """
 from __future__ import annotations
 
@@ -77,19 +81,73 @@ def run_case(name: str, iters: int, loss: str) -> dict:
           "loss": float(m["loss"])}
 
 
+def run_torch_case(name: str, iters: int, official: str) -> dict:
+  """The official PyTorch network's training step and forward at the same size (torch on all cores)."""
+  import statistics
+  import time
+
+  from lliejax import crosscheck
+
+  torch = crosscheck.setup_torch()
+  torch.use_deterministic_algorithms(False)
+  c = CASES[name]
+  arch = crosscheck.import_official(crosscheck.find_official_files(official)).arch
+  net = arch.ConditionalNAFNet(img_channel=3, width=c["width"], middle_blk_num=c["middle"], enc_blk_nums=c["enc"],
+                               dec_blk_nums=c["dec"])
+  opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.99))
+  x = torch.rand(c["batch"], 3, c["size"], c["size"])
+  mu, t = x * 0.2, torch.randint(1, 101, (c["batch"],))
+
+  def step():
+    opt.zero_grad()
+    loss = (net(x, mu, t) - x).abs().mean()
+    loss.backward()
+    opt.step()
+
+  step()
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  with torch.no_grad():
+    net(x, mu, t)
+    ftimes = []
+    for _ in range(max(2, iters // 2)):
+      t0 = time.perf_counter()
+      net(x, mu, t)
+      ftimes.append(time.perf_counter() - t0)
+  return {"case": name, "torch_step_ms": 1000 * statistics.median(times),
+          "torch_fwd_ms": 1000 * statistics.median(ftimes)}
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--loss", default="l1", help="l1 or an entropy loss (kl, hellinger, ...)")
+  p.add_argument("--official", default=None, help="official repository checkout: also time its PyTorch network")
   p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--_torch", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args._child and args._torch:
+    print(json.dumps(run_torch_case(args._child, args.iters, args.official)))
+    return
   if args._child:
     print(json.dumps(run_case(args._child, args.iters, args.loss)))
     return
   rows = run_cases(__file__, args.cases.split(","), ["--iters", str(args.iters), "--loss", args.loss])
+  if args.official:
+    measured = {r["case"]: r for r in run_cases(__file__, args.cases.split(","),
+                                                 ["--iters", str(args.iters), "--official", args.official, "--_torch"])}
+    for r in rows:
+      m = measured.get(r["case"])
+      if m:
+        TORCH_REFERENCE_MS[r["case"]] = (round(m["torch_step_ms"]), round(m["torch_fwd_ms"]))
   print(f"{'case':14s} {'params':>12s} {'batch':>5s} {'size':>5s} {'compile s':>9s} {'step ms':>9s} "
         f"{'img/s':>8s} {'fwd ms':>8s} {'peak GiB':>8s} {'torch step ms':>13s} {'torch fwd ms':>12s} device")
+  print("(torch columns: " + ("measured now from " + args.official if args.official else
+                              "official code measured on the 2-core development machine") + ")")
   for r in rows:
     ts, tf = TORCH_REFERENCE_MS[r["case"]]
     print(f"{r['case']:14s} {r['params']:12,d} {r['batch']:5d} {r['size']:5d} {r['compile_s']:9.1f} "
