@@ -25,7 +25,6 @@ def run_case(name: str, mode: str, iters: int) -> dict:
   import time
 
   import jax
-  import jax.numpy as jnp
 
   from lliejax import evaluate, sde as sde_lib, train
   from lliejax.configs.entropy_sde import get_config

@@ -14,7 +14,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (pulled in by clu writers) is chatty
 
 import argparse
-import logging
 import os
 import sys
 

@@ -13,7 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (pulled in by c
 
 import argparse
 import logging
-import os
 import sys
 
 

@@ -21,7 +21,6 @@ to the PyTorch reference for cross-checks; the samplers draw them from a ``jax.r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Callable, Literal
 
@@ -260,8 +259,3 @@ def sample(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, mode: SamplerMode = "poste
   ts = jnp.arange(sde.T, 0, -1, dtype=jnp.int32)
   x, states = jax.lax.scan(step, x, (ts, jax.random.split(kloop, sde.T)))
   return (x, states) if return_intermediates else x
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("mode", "return_intermediates"))
-def _jit_sample(sde, noise_fn, mu, key, mode="posterior", return_intermediates=False):
-  return sample(sde, noise_fn, mu, key, mode=mode, return_intermediates=return_intermediates)

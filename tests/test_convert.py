@@ -1,7 +1,6 @@
 """PyTorch interop: official ConditionalNAFNet state_dict <-> lliejax params, the CLI, crosscheck machinery."""
 import collections
 import os
-import pickle
 import subprocess
 import sys
 
