@@ -45,7 +45,7 @@ def main() -> None:
     res = evaluate.evaluate_dataset(config, enh.params, model=enh.model, sde=enh.sde,
                                     key=jax.random.key(args.seed), out_dir=os.path.join(wd, "results"),
                                     overwrite=True)
-    res.pop("grids")
+    res.pop("images")
     rows.append((variant, config.loss.name, config.loss.get("bins"), res))
   with open(os.path.join(args.workdir, "ablation.json"), "w") as f:
     json.dump([{"variant": v, "loss": l, "bins": b, **r} for v, l, b, r in rows], f, indent=2)

@@ -72,9 +72,8 @@ def run(argv=None) -> int:
   result = evaluate.evaluate_dataset(config, enhancer.params, model=enhancer.model, sde=enhancer.sde,
                                      key=jax.random.key(args.seed), out_dir=results_dir, overwrite=True,
                                      progress=True)
-  rows = [image_io.side_by_side([g[:, : g.shape[1] // 3], g[:, g.shape[1] // 3: 2 * g.shape[1] // 3],
-                                 g[:, 2 * g.shape[1] // 3:]], labels=[f"{name}: LQ", "lliejax", "GT"])
-          for name, g in result["grids"]]
+  rows = [image_io.side_by_side(list(triple), labels=[f"{name}: LQ", "lliejax", "GT"])
+          for name, triple in result["images"]]
   picture = os.path.join(results_dir, "side_by_side.png")
   image_io.write_png(picture, stack_rows(rows), overwrite=True)
   table = metrics_table(result)

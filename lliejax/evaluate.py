@@ -43,7 +43,7 @@ def evaluate_dataset(config, params, *, model, sde, key, sampler: str | None = N
   """Enhance the images of ``config.data`` (``split``, default ``config.data.eval_split``) and score them.
 
   Returns ``{"per_image": [{"name", "psnr", "ssim", "psnr_input", "ssim_input"}...], "mean": {...},
-  "grids": [(name, LQ|output|GT float array)...]}``. With ``out_dir`` the enhanced PNGs and ``metrics.json`` are
+  "images": [(name, (LQ, output clamped, GT))...]}``. With ``out_dir`` the enhanced PNGs and ``metrics.json`` are
   written there (refused if it exists and ``overwrite`` is False).
   """
   from lliejax import image_io, metrics  # pylint: disable=import-outside-toplevel
@@ -57,7 +57,7 @@ def evaluate_dataset(config, params, *, model, sde, key, sampler: str | None = N
       raise FileExistsError(f"output directory {out_dir} is not empty; pass --overwrite to replace its files")
     os.makedirs(out_dir, exist_ok=True)
   run = make_sampler(model, sde, sampler)
-  rows, grids = [], []
+  rows, images = [], []
   items = pipeline.eval_iterator(config.data, split=split, max_images=max_images)
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -72,7 +72,7 @@ def evaluate_dataset(config, params, *, model, sde, key, sampler: str | None = N
                  "ssim": float(metrics.ssim(out_u8, gt_u8, crop_border=crop_border)),
                  "psnr_input": float(metrics.psnr(lq_u8, gt_u8, crop_border=crop_border)),
                  "ssim_input": float(metrics.ssim(lq_u8, gt_u8, crop_border=crop_border))})
-    grids.append((name, np.concatenate([lq[0], np.clip(out, 0, 1), item["gt"][0]], axis=1)))
+    images.append((name, (lq[0], np.clip(out, 0, 1), item["gt"][0])))
     if out_dir is not None:
       image_io.write_png(os.path.join(out_dir, f"{name}.png"), out, overwrite=overwrite)
   if not rows:
@@ -83,5 +83,5 @@ def evaluate_dataset(config, params, *, model, sde, key, sampler: str | None = N
   if out_dir is not None:
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(result, f, indent=2)
-  result["grids"] = grids
+  result["images"] = images
   return result

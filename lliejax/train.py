@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
@@ -307,9 +308,9 @@ def validate(config, model, sde, params, *, step, writer, key):
                                      sampler=config.eval_sampler, max_images=config.eval_num_images,
                                      out_dir=None)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in result["mean"].items()})
-  if config.write_images and result.get("grids"):
-    for name, grid in result["grids"][:3]:
-      writer.write_images(step, {f"eval/{name}": grid[None]})
+  if config.write_images:
+    for name, triple in result["images"][:3]:  # LQ | output | GT
+      writer.write_images(step, {f"eval/{name}": np.concatenate(triple, axis=1)[None]})
   return result
 
 

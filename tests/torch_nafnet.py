@@ -128,12 +128,6 @@ class TorchConditionalNAFNet(nn.Module):
 
 def randomise_(model: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
   """Give ``beta``/``gamma``/``g`` non-default values so every path contributes to the output."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      leaf = name.rsplit(".", 1)[-1]
-      if leaf in ("beta", "gamma"):
-        p.copy_(torch.randn(p.shape, generator=gen) * scale)
-      elif leaf == "g":
-        p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.2)
+  from lliejax.crosscheck import randomise_norm_params  # pylint: disable=import-outside-toplevel
+  randomise_norm_params(model, seed, scale)
   return model
