@@ -94,8 +94,12 @@ def create_train_state(config, model, tx, key) -> TrainState:
 
 
 # ------------------------------------------------------------------------------------------ EMA
-def ema_update(ema_cfg, step, ema_params, params):
-  """One ``ema_pytorch.EMA.update()`` call made after optimizer step number ``step`` (0-based)."""
+def ema_update(ema_cfg, step, ema_params, params, enabled=True):
+  """One ``ema_pytorch.EMA.update()`` call made after optimizer step number ``step`` (0-based).
+
+  Only every ``update_every``-th call touches the weights; the others (and ``enabled=False``) return
+  ``ema_params`` through a ``lax.cond``, so 9 steps in 10 skip a pass over all the parameters.
+  """
   every, after = int(ema_cfg.update_every), int(ema_cfg.update_after_step)
   should = step % every == 0
   copy = (step == 0) | (should & (step <= after))
@@ -103,11 +107,10 @@ def ema_update(ema_cfg, step, ema_params, params):
   value = 1.0 - (1.0 + epoch / ema_cfg.inv_gamma) ** (-ema_cfg.power)
   decay = jnp.where(epoch <= 0, 0.0, jnp.clip(value, 0.0, ema_cfg.decay))
 
-  def upd(e, p):
-    moved = e + (1.0 - decay) * (p - e)
-    return jnp.where(copy, p, jnp.where(should, moved, e))
+  def update(ema):
+    return jax.tree_util.tree_map(lambda e, p: jnp.where(copy, p, e + (1.0 - decay) * (p - e)), ema, params)
 
-  return jax.tree_util.tree_map(upd, ema_params, params)
+  return jax.lax.cond(should & enabled, update, lambda ema: ema, ema_params)
 
 
 # ------------------------------------------------------------------------------------------ step
@@ -128,13 +131,17 @@ def make_train_step(config, model: nn.Module, tx, sde: sde_lib.IRSDE,
 
     loss, grads = jax.value_and_grad(objective)(state.params)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
-    params = keep(params, state.params)
-    opt_state = keep(opt_state, state.opt_state)
-    ema = keep(ema_update(config.ema, state.step, state.ema_params, params), state.ema_params)
+
+    def apply(params_opt):
+      params, opt_state = params_opt
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    # A lax.cond, not a jnp.where per leaf: the optimizer update stays one fused pass over each tensor (a
+    # where-guard costs 4x the time of the AdamW update itself on the 288M-parameter network on CPU).
+    params, opt_state = jax.lax.cond(finite, apply, lambda params_opt: params_opt, (state.params, state.opt_state))
+    ema = ema_update(config.ema, state.step, state.ema_params, params, enabled=finite)
     new_state = TrainState(step=state.step + finite.astype(jnp.int32), params=params, ema_params=ema,
                            opt_state=opt_state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_schedule(state.step), "finite": finite}

@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.dec_blk_nums = [1, 1, 1, 1, 1]
   m.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
   m.remat = False  # rematerialise NAFBlocks in the backward pass
+  m.fusion_barriers = True  # XLA:CPU fusion barrier after each NAFBlock (same numbers; see nafnet.fusion_barrier)
 
   c.sde = s = ml_collections.ConfigDict()
   s.max_sigma = 50.0  # divided by 255 when >= 1
