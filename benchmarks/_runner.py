@@ -17,12 +17,15 @@ def peak_memory_bytes() -> int:
   return (stats or {}).get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_cases(script: str, names: list[str], args: list[str]) -> list[dict]:
-  """Run ``script --_child NAME *args`` for each case; collect the JSON line each prints last."""
+def run_cases(script: str, names: list[str], args: list[str], env: dict | None = None) -> list[dict]:
+  """Run ``script --_child NAME *args`` for each case; collect the JSON line each prints last.
+
+  ``env``: variables to set (over this process's environment) in the children.
+  """
   rows = []
   for name in names:
     proc = subprocess.run([sys.executable, script, "--_child", name, *args], capture_output=True, text=True,
-                          env=os.environ.copy())
+                          env={**os.environ, **(env or {})})
     if proc.returncode:
       print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
       continue

@@ -10,6 +10,11 @@ step (forward, l1 loss, backward, AdamW step) and a forward pass, in a subproces
 measured on the same machine under the same conditions. Without it the table shows the official numbers measured
 on the 2-core development machine (small 64x64 119 ms/step, 128x128 418 ms/step, low-light 2.19 s/step and
 454 ms per forward).
+
+The official network runs as shipped: its child process sets ``LLIEJAX_TUNE_MALLOC=0`` so that importing the
+lliejax helper that loads it leaves glibc's allocator at its defaults (see :mod:`lliejax.runtime`).
+``--torch-tuned-malloc`` adds a column with the official network under the same allocator settings as lliejax.
+``--untuned`` adds a column with lliejax under glibc's defaults.
 """
 from __future__ import annotations
 
@@ -127,6 +132,9 @@ def main() -> None:
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--loss", default="l1", help="l1 or an entropy loss (kl, hellinger, ...)")
   p.add_argument("--official", default=None, help="official repository checkout: also time its PyTorch network")
+  p.add_argument("--torch-tuned-malloc", action="store_true",
+                 help="also time the official network with lliejax's allocator settings")
+  p.add_argument("--untuned", action="store_true", help="also time lliejax with glibc's default allocator")
   p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
   p.add_argument("--_torch", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -136,23 +144,33 @@ def main() -> None:
   if args._child:
     print(json.dumps(run_case(args._child, args.iters, args.loss)))
     return
-  rows = run_cases(__file__, args.cases.split(","), ["--iters", str(args.iters), "--loss", args.loss])
+  cases = args.cases.split(",")
+  rows = run_cases(__file__, cases, ["--iters", str(args.iters), "--loss", args.loss])
+  extra = {}  # column title -> {case: step ms}
+  if args.untuned:
+    extra["untuned ms"] = {r["case"]: r["step_ms"] for r in run_cases(
+        __file__, cases, ["--iters", str(args.iters), "--loss", args.loss], env={"LLIEJAX_TUNE_MALLOC": "0"})}
   if args.official:
-    measured = {r["case"]: r for r in run_cases(__file__, args.cases.split(","),
-                                                 ["--iters", str(args.iters), "--official", args.official, "--_torch"])}
+    torch_args = ["--iters", str(args.iters), "--official", args.official, "--_torch"]
+    measured = {r["case"]: r for r in run_cases(__file__, cases, torch_args, env={"LLIEJAX_TUNE_MALLOC": "0"})}
     for r in rows:
       m = measured.get(r["case"])
       if m:
         TORCH_REFERENCE_MS[r["case"]] = (round(m["torch_step_ms"]), round(m["torch_fwd_ms"]))
+    if args.torch_tuned_malloc:
+      extra["torch tuned ms"] = {r["case"]: r["torch_step_ms"] for r in run_cases(
+          __file__, cases, torch_args, env={"LLIEJAX_TUNE_MALLOC": "1"})}
   print(f"{'case':14s} {'params':>12s} {'batch':>5s} {'size':>5s} {'compile s':>9s} {'step ms':>9s} "
-        f"{'img/s':>8s} {'fwd ms':>8s} {'peak GiB':>8s} {'torch step ms':>13s} {'torch fwd ms':>12s} device")
-  print("(torch columns: " + ("measured now from " + args.official if args.official else
+        f"{'img/s':>8s} {'fwd ms':>8s} {'peak GiB':>8s} {'torch step ms':>13s} {'torch fwd ms':>12s} "
+        + "".join(f"{k:>15s} " for k in extra) + "device")
+  print("(torch columns: " + ("official network measured now from " + args.official if args.official else
                               "official code measured on the 2-core development machine") + ")")
   for r in rows:
     ts, tf = TORCH_REFERENCE_MS[r["case"]]
+    cols = "".join(f"{v.get(r['case'], float('nan')):15.1f} " for v in extra.values())
     print(f"{r['case']:14s} {r['params']:12,d} {r['batch']:5d} {r['size']:5d} {r['compile_s']:9.1f} "
           f"{r['step_ms']:9.1f} {r['img_per_s']:8.2f} {r['fwd_ms']:8.1f} {r['peak_gib']:8.2f} "
-          f"{ts:13} {tf if tf else '-':>12} {r['device']}")
+          f"{ts:13} {tf if tf else '-':>12} {cols}{r['device']}")
 
 
 if __name__ == "__main__":
