@@ -6,6 +6,8 @@ import os
 import resource
 import subprocess
 import sys
+import time
+from typing import Any, Callable
 
 
 def peak_memory_bytes() -> int:
@@ -15,6 +17,16 @@ def peak_memory_bytes() -> int:
   dev = jax.devices()[0]
   stats = dev.memory_stats() if dev.platform != "cpu" else None
   return (stats or {}).get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(fn: Callable[[int], Any], repeats: int) -> list[float]:
+  """Wall seconds of ``fn(i)`` for ``i`` in ``range(repeats)``; ``fn`` must block until its result is ready."""
+  times = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    fn(i)
+    times.append(time.perf_counter() - t0)
+  return times
 
 
 def run_cases(script: str, names: list[str], args: list[str], env: dict | None = None) -> list[dict]:

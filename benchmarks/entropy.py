@@ -73,7 +73,7 @@ def _dense_loss(pred, target, key, *, kind, bins, h=0.5):
 
 def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float) -> dict:
   import resource
-  import time
+  from _runner import timed
 
   import jax
   import jax.numpy as jnp
@@ -98,12 +98,14 @@ def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float
     out["skipped"] = True
     return out
   jax.block_until_ready(compiled(pred, target, key))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    val, _ = compiled(pred, target, key)
-    jax.block_until_ready(val)
-    times.append(time.perf_counter() - t0)
+  last = {}
+
+  def run(_):
+    last["val"], _ = compiled(pred, target, key)
+    jax.block_until_ready(last["val"])
+
+  times = timed(run, repeats)
+  val = last["val"]
   out.update(time_s=float(np.median(times)), value=float(val),
              peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _runner import peak_memory_bytes, run_cases
+from _runner import peak_memory_bytes, run_cases, timed
 
 CASES = {
     "small-128": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], h=128, w=128),
@@ -22,7 +22,6 @@ CASES = {
 
 def run_case(name: str, mode: str, iters: int) -> dict:
   import statistics
-  import time
 
   import jax
 
@@ -38,14 +37,8 @@ def run_case(name: str, mode: str, iters: int) -> dict:
   params = train.init_params(model, jax.random.key(0))
   run = evaluate.make_sampler(model, sde, mode)
   lq = jax.random.uniform(jax.random.key(1), (1, c["h"], c["w"], 3)) * 0.2
-  t0 = time.perf_counter()
-  jax.block_until_ready(run(params, lq, jax.random.key(2)))
-  compile_s = time.perf_counter() - t0
-  times = []
-  for i in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(params, lq, jax.random.key(3 + i)))
-    times.append(time.perf_counter() - t0)
+  (compile_s,) = timed(lambda _: jax.block_until_ready(run(params, lq, jax.random.key(2))), 1)
+  times = timed(lambda i: jax.block_until_ready(run(params, lq, jax.random.key(3 + i))), iters)
   dev = jax.devices()[0]
   peak = peak_memory_bytes()
   med = statistics.median(times)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _runner import peak_memory_bytes, run_cases
+from _runner import peak_memory_bytes, run_cases, timed
 
 CASES = {
     "small-64": dict(width=16, enc=[1, 1, 1, 2], middle=1, dec=[1, 1, 1, 1], batch=8, size=64),
@@ -33,7 +33,6 @@ TORCH_REFERENCE_MS = {"small-64": (119, None), "small-128": (418, None), "lowlig
 
 def run_case(name: str, iters: int, loss: str) -> dict:
   import statistics
-  import time
 
   import jax
   import jax.numpy as jnp
@@ -59,24 +58,19 @@ def run_case(name: str, iters: int, loss: str) -> dict:
   gt = rng.random((c["batch"], c["size"], c["size"], 3), np.float32)
   batch = parallel.global_batch({"gt": gt, "lq": gt * 0.2}, mesh)
   key = jax.random.key(1)
-  t0 = time.perf_counter()
-  state, m = step(state, batch, key)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    state, m = step(state, batch, key)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
+  out = {}
+
+  def run_step(_):
+    out["state"], out["metrics"] = step(out.get("state", state), batch, key)
+    jax.block_until_ready(out["metrics"])
+
+  (compile_s,) = timed(run_step, 1)
+  times = timed(run_step, iters)
+  state, m = out["state"], out["metrics"]
   fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, x * 0.2, jnp.full((x.shape[0],), 50)))
   x = jnp.asarray(gt)
   jax.block_until_ready(fwd(state.params, x))
-  ftimes = []
-  for _ in range(max(2, iters // 2)):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fwd(state.params, x))
-    ftimes.append(time.perf_counter() - t0)
+  ftimes = timed(lambda _: jax.block_until_ready(fwd(state.params, x)), max(2, iters // 2))
   dev = jax.devices()[0]
   peak = peak_memory_bytes()
   med = statistics.median(times)
@@ -89,7 +83,6 @@ def run_case(name: str, iters: int, loss: str) -> dict:
 def run_torch_case(name: str, iters: int, official: str) -> dict:
   """The official PyTorch network's training step and forward at the same size (torch on all cores)."""
   import statistics
-  import time
 
   from lliejax import crosscheck
 
@@ -110,18 +103,10 @@ def run_torch_case(name: str, iters: int, official: str) -> dict:
     opt.step()
 
   step()
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
+  times = timed(lambda _: step(), iters)
   with torch.no_grad():
     net(x, mu, t)
-    ftimes = []
-    for _ in range(max(2, iters // 2)):
-      t0 = time.perf_counter()
-      net(x, mu, t)
-      ftimes.append(time.perf_counter() - t0)
+    ftimes = timed(lambda _: net(x, mu, t), max(2, iters // 2))
   return {"case": name, "torch_step_ms": 1000 * statistics.median(times),
           "torch_fwd_ms": 1000 * statistics.median(ftimes)}
 

@@ -127,12 +127,12 @@ def _cpu_barrier(x, n):
 def fusion_barrier(x, token):
   """Identity on ``x`` in both passes that XLA:CPU cannot fuse across (``token``: any finite scalar).
 
-  On other platforms it is a plain identity. Why: a stack of NAFBlocks is, between its matrix products, one long chain of elementwise ops (the residual
-  stream forward, its cotangent backward). XLA:CPU's fusion duplicates cheap elementwise producers into every
-  consumer, so in the backward pass each block recomputes the residual chain of all the blocks after it: quadratic
-  in depth. Measured on the 28-block low-light network (batch 2, 128x128, 2-core CPU): value-and-grad 5.09 s and
-  199 s compile without barriers, 2.45 s and 25 s with one barrier per block input. ``lax.optimization_barrier``
-  does not help: XLA:CPU removes it before fusion.
+  On other platforms it is a plain identity. Why: a stack of NAFBlocks is, between its matrix products, one long
+  chain of elementwise ops (the residual stream forward, its cotangent backward). XLA:CPU's fusion duplicates cheap
+  elementwise producers into every consumer, so in the backward pass each block recomputes the residual chain of
+  all the blocks after it: quadratic in depth. Measured on the 28-block low-light network (batch 2, 128x128,
+  2-core CPU): value-and-grad 5.09 s and 199 s compile without barriers, 2.45 s and 25 s with one barrier after
+  each block. ``lax.optimization_barrier`` does not help: XLA:CPU removes it before fusion.
 
   ``token`` sets the loop's trip count (``isnan(token)``, so 0 for any finite value): pass a replicated scalar
   (a parameter) so that no device needs another device's data to evaluate it. The result is bit-identical.
