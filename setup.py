@@ -27,22 +27,26 @@ EXTRAS = {
 
 setuptools.setup(
     name="lliejax",
-    version="0.1.0",
+    version="0.2.0",
     description="Diffusion-based low-light image enhancement (Entropy-SDE, AnlightenDiff, ReDDiT) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["lliejax", "lliejax.*"]),
+    # The top-level configs/ folder is installed as lliejax.configs (one copy, importable as `entropy_sde:demo`).
+    packages=setuptools.find_packages(include=["lliejax", "lliejax.*"]) + ["lliejax.configs"],
+    package_dir={"lliejax.configs": "configs"},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "lliejax-train=lliejax.main:run",
-            "lliejax-eval=lliejax.main:run_eval",
-            "lliejax-enhance=lliejax.enhance:run",
-            "lliejax-demo=lliejax.demo:run",
-            "lliejax-convert=lliejax.convert:run",
-            "lliejax-crosscheck=lliejax.crosscheck:run",
+            "lliejax=lliejax.cli:main",
+            # Aliases of the sub-commands (lliejax 0.1 names).
+            "lliejax-train=lliejax.cli:train_main",
+            "lliejax-eval=lliejax.cli:eval_main",
+            "lliejax-enhance=lliejax.cli:enhance_main",
+            "lliejax-demo=lliejax.cli:demo_main",
+            "lliejax-convert=lliejax.cli:convert_main",
+            "lliejax-crosscheck=lliejax.cli:crosscheck_main",
         ]
     },
 )

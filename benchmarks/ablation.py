@@ -26,12 +26,11 @@ def main() -> None:
 
   import jax
 
-  from lliejax import evaluate, inference
+  from lliejax import cli, evaluate, inference, runtime
   from lliejax.config_utils import load_config
-  from lliejax.logging_utils import setup_logging
-  from lliejax.main import train_main
 
-  setup_logging()
+  runtime.tune_host_allocator()
+  runtime.setup_logging()
   rows = []
   for variant in args.variants.split(","):
     config = load_config(f"entropy_sde:{variant}")
@@ -40,11 +39,9 @@ def main() -> None:
     if args.data_dir:
       config.data.data_dir = args.data_dir
     wd = os.path.abspath(os.path.join(args.workdir, variant))
-    train_main(config, wd)
-    enh = inference.load_enhancer(wd)
-    res = evaluate.evaluate_dataset(config, enh.params, model=enh.model, sde=enh.sde,
-                                    key=jax.random.key(args.seed), out_dir=os.path.join(wd, "results"),
-                                    overwrite=True)
+    cli.train(config, wd)
+    res = evaluate.evaluate_dataset(inference.load(wd), config.data, key=jax.random.key(args.seed),
+                                    out_dir=os.path.join(wd, "results"), overwrite=True)
     res.pop("images")
     rows.append((variant, config.loss.name, config.loss.get("bins"), res))
   with open(os.path.join(args.workdir, "ablation.json"), "w") as f:

@@ -1,4 +1,4 @@
-"""Benchmark: chunked spatial-entropy loss (lliejax.entropy) vs a dense JAX port of the official computation.
+"""Benchmark: chunked spatial-entropy loss (lliejax.losses.entropy) vs a dense JAX port of the official computation.
 
 Forward + backward (``jax.value_and_grad`` w.r.t. the prediction, jitted; the time excludes compilation; median of
 ``--repeats`` runs) and peak memory for each (B, C, H, W, L) case. Every (case, implementation) runs in its own
@@ -75,6 +75,10 @@ def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float
   import resource
   from _runner import timed
 
+  if impl == "lliejax":
+    from lliejax import runtime
+    runtime.tune_host_allocator()  # as the lliejax programs do, before any JAX computation
+
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -86,7 +90,7 @@ def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float
   jax.block_until_ready((pred, target))
   base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   if impl == "lliejax":
-    from lliejax.entropy import spatial_entropy_loss
+    from lliejax.losses.entropy import spatial_entropy_loss
     loss = lambda p, t, k: spatial_entropy_loss(p, t, key=k, kind=kind, bins=bins)
   else:
     loss = lambda p, t, k: _dense_loss(p, t, k, kind=kind, bins=bins)

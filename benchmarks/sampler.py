@@ -1,5 +1,7 @@
 """Sampler latency: the full reverse process (T = 100 network evaluations in one ``lax.scan``) per image.
 
+Through :meth:`lliejax.inference.Enhancer.enhance`, the path of ``lliejax enhance`` and ``lliejax eval``.
+
 ``python benchmarks/sampler.py [--cases small-128,lowlight-128] [--mode posterior] [--iters 3]``
 
 Cases: the small NAFNet (width 16, enc [1,1,1,2]) and the low-light NAFNet (288M parameters) at 128x128, and
@@ -25,20 +27,23 @@ def run_case(name: str, mode: str, iters: int) -> dict:
 
   import jax
 
-  from lliejax import evaluate, sde as sde_lib, train
+  import numpy as np
+
+  from lliejax import inference, methods, runtime
   from lliejax.configs.entropy_sde import get_config
 
+  runtime.tune_host_allocator()  # as the lliejax programs do
   c = CASES[name]
   config = get_config("lolv1_l1")
   config.model.width, config.model.enc_blk_nums = c["width"], c["enc"]
   config.model.middle_blk_num, config.model.dec_blk_nums = c["middle"], c["dec"]
-  model = train.create_model(config)
-  sde = sde_lib.make_sde_from_config(config.sde)
-  params = train.init_params(model, jax.random.key(0))
-  run = evaluate.make_sampler(model, sde, mode)
-  lq = jax.random.uniform(jax.random.key(1), (1, c["h"], c["w"], 3)) * 0.2
-  (compile_s,) = timed(lambda _: jax.block_until_ready(run(params, lq, jax.random.key(2))), 1)
-  times = timed(lambda i: jax.block_until_ready(run(params, lq, jax.random.key(3 + i))), iters)
+  method = methods.build(config)
+  sde = method.sde
+  enhancer = inference.Enhancer(method=method, params=method.init_params(jax.random.key(0)), frozen={},
+                                source="benchmark", info={})
+  lq = np.asarray(jax.random.uniform(jax.random.key(1), (c["h"], c["w"], 3)) * 0.2)
+  (compile_s,) = timed(lambda _: enhancer.enhance(lq, jax.random.key(2), sampler=mode), 1)
+  times = timed(lambda i: enhancer.enhance(lq, jax.random.key(3 + i), sampler=mode), iters)
   dev = jax.devices()[0]
   peak = peak_memory_bytes()
   med = statistics.median(times)

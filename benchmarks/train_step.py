@@ -11,8 +11,8 @@ measured on the same machine under the same conditions. Without it the table sho
 on the 2-core development machine (small 64x64 119 ms/step, 128x128 418 ms/step, low-light 2.19 s/step and
 454 ms per forward).
 
-The official network runs as shipped: its child process sets ``LLIEJAX_TUNE_MALLOC=0`` so that importing the
-lliejax helper that loads it leaves glibc's allocator at its defaults (see :mod:`lliejax.runtime`).
+lliejax tunes the host allocator first, as its programs do (:func:`lliejax.runtime.tune_host_allocator`). The
+official network runs as shipped, with glibc's default allocator (its child process sets ``LLIEJAX_TUNE_MALLOC=0``).
 ``--torch-tuned-malloc`` adds a column with the official network under the same allocator settings as lliejax.
 ``--untuned`` adds a column with lliejax under glibc's defaults.
 """
@@ -38,10 +38,10 @@ def run_case(name: str, iters: int, loss: str) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from lliejax import parallel, sde as sde_lib, train
+  from lliejax import methods, optim, parallel, runtime, state as state_lib, train
   from lliejax.configs.entropy_sde import get_config
-  from lliejax.models.nafnet import count_params
 
+  runtime.tune_host_allocator()  # as the lliejax programs do (LLIEJAX_TUNE_MALLOC=0: glibc's defaults)
   c = CASES[name]
   config = get_config("lolv1_l1")
   config.model.width, config.model.enc_blk_nums = c["width"], c["enc"]
@@ -49,11 +49,11 @@ def run_case(name: str, iters: int, loss: str) -> dict:
   config.batch_size = c["batch"]
   config.loss.name = loss
   mesh = parallel.make_mesh()
-  model, tx = train.create_model(config), train.make_optimizer(config)
-  sde = sde_lib.make_sde_from_config(config.sde)
-  state = jax.jit(lambda k: train.create_train_state(config, model, tx, k),
-                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
-  step = train.jit_train_step(train.make_train_step(config, model, tx, sde), mesh)
+  method, tx = methods.build(config), optim.make_optimizer(config)
+  state = jax.jit(lambda k: state_lib.create(method, tx, k), out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  jitted = train.jit_train_step(train.make_train_step(method, tx, lr_schedule=optim.learning_rate_schedule(config)),
+                                mesh)
+  step = lambda st, batch, key: jitted(st, {}, batch, key)
   rng = np.random.default_rng(0)
   gt = rng.random((c["batch"], c["size"], c["size"], 3), np.float32)
   batch = parallel.global_batch({"gt": gt, "lq": gt * 0.2}, mesh)
@@ -67,14 +67,14 @@ def run_case(name: str, iters: int, loss: str) -> dict:
   (compile_s,) = timed(run_step, 1)
   times = timed(run_step, iters)
   state, m = out["state"], out["metrics"]
-  fwd = jax.jit(lambda p, x: model.apply({"params": p}, x, x * 0.2, jnp.full((x.shape[0],), 50)))
+  fwd = jax.jit(lambda p, x: method.model.apply({"params": p}, x, x * 0.2, jnp.full((x.shape[0],), 50)))
   x = jnp.asarray(gt)
   jax.block_until_ready(fwd(state.params, x))
   ftimes = timed(lambda _: jax.block_until_ready(fwd(state.params, x)), max(2, iters // 2))
   dev = jax.devices()[0]
   peak = peak_memory_bytes()
   med = statistics.median(times)
-  return {"case": name, "params": count_params(state.params), "batch": c["batch"], "size": c["size"],
+  return {"case": name, "params": methods.count_params(state.params), "batch": c["batch"], "size": c["size"],
           "compile_s": compile_s, "step_ms": 1000 * med, "img_per_s": c["batch"] / med,
           "fwd_ms": 1000 * statistics.median(ftimes), "peak_gib": peak / 2**30, "device": str(dev.platform),
           "loss": float(m["loss"])}
@@ -84,7 +84,7 @@ def run_torch_case(name: str, iters: int, official: str) -> dict:
   """The official PyTorch network's training step and forward at the same size (torch on all cores)."""
   import statistics
 
-  from lliejax import crosscheck
+  from lliejax.interop import crosscheck
 
   torch = crosscheck.setup_torch()
   torch.use_deterministic_algorithms(False)

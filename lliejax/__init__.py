@@ -1,13 +1,13 @@
 """lliejax: diffusion-based low-light image enhancement in JAX/Flax.
 
-Modules: :mod:`lliejax.sde` (mean-reverting SDE), :mod:`lliejax.models.nafnet` (ConditionalNAFNet),
-:mod:`lliejax.entropy` (KDE spatial-entropy losses), :mod:`lliejax.train`, :mod:`lliejax.evaluate`,
-:mod:`lliejax.data`, :mod:`lliejax.metrics`, :mod:`lliejax.convert` (PyTorch interop). Nothing else is imported here
-so that ``import lliejax.<module>`` stays light (and torch is never imported unless you use the converter).
+One core for every method: :mod:`lliejax.methods` (the Method interface and registry; ``entropy_sde``), the
+generic :mod:`lliejax.train`, :mod:`lliejax.evaluate`, :mod:`lliejax.inference` and :mod:`lliejax.checkpoint`,
+and the building blocks :mod:`lliejax.diffusion`, :mod:`lliejax.models`, :mod:`lliejax.losses`,
+:mod:`lliejax.metrics`, :mod:`lliejax.data`, :mod:`lliejax.interop` (PyTorch). ``lliejax`` on the command line is
+:mod:`lliejax.cli`.
+
+Importing the package imports nothing else and changes nothing in the process (``import lliejax.<module>`` loads
+what that module needs; torch only for PyTorch files). Programs tune the host allocator explicitly
+(:func:`lliejax.runtime.tune_host_allocator`).
 """
-__version__ = "0.1.0"
-
-# Before any JAX computation: keep XLA:CPU's per-run buffers out of fresh page faults (see lliejax.runtime).
-from lliejax import runtime as _runtime  # noqa: E402
-
-_runtime.tune_host_allocator()
+__version__ = "0.2.0"

@@ -1,9 +1,11 @@
-"""Sampling and evaluation: the jitted reverse process on full images, PSNR/SSIM, PNG outputs, metrics JSON.
+"""Evaluation of any method on a dataset split: full-resolution enhancement, scores under the method's convention.
 
-Metric conventions (REFERENCE.md section 4, Entropy-SDE / IR-SDE): outputs are clamped to [0, 1], scaled by 255
-and rounded half-to-even to uint8; PSNR is ``20 log10(255 / sqrt(MSE))`` on RGB uint8 in float64; SSIM is the
-MATLAB-style one (11x11 Gaussian, sigma 1.5, valid region, channel mean); no border crop by default
-(``crop_border``; the upstream IR-SDE test crops 4 pixels). See :mod:`lliejax.metrics`.
+The images of the split (sorted by name, as the official test scripts list files) are divided across processes
+(:func:`lliejax.parallel.process_share`) and, within a process, across its devices
+(:meth:`lliejax.inference.Enhancer.enhance_many`); image ``i`` is drawn with ``fold_in(key, i)`` wherever it runs,
+so the numbers do not depend on the number of devices or hosts. Scores follow the method's
+:class:`lliejax.metrics.Convention` (Entropy-SDE: IR-SDE's ``tensor2img`` rounding, PSNR, MATLAB-style SSIM, no
+border crop) and are gathered on every process; process 0 writes ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -12,76 +14,104 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lliejax import sde as sde_lib
+from lliejax import inference, metrics, parallel
 
-_SAMPLERS: dict[Any, Any] = {}
+SCORES = ("psnr", "ssim", "psnr_input", "ssim_input")
 
 
-def make_sampler(model, sde: sde_lib.IRSDE, mode: str = "posterior"):
-  """Jitted ``(params, lq, key) -> x_0`` running all ``T`` reverse steps in one ``lax.scan``.
+def evaluate_dataset(enhancer: inference.Enhancer, data_cfg: Any, *, key: jax.Array, sampler: str | None = None,
+                     steps: int | None = None, max_images: int | None = None, split: str | None = None,
+                     out_dir: str | None = None, overwrite: bool = False, crop_border: int | None = None,
+                     convention: metrics.Convention | None = None, progress: bool = False) -> dict:
+  """Enhance the images of ``data_cfg`` (``split``, default its ``eval_split``) and score them.
 
-  ``lq`` is NHWC float32 in [0, 1] of any size (the network pads to its multiple and crops back); the result is
-  the unclamped final state. Compiled once per input shape.
+  Args:
+    enhancer: the method and its parameters (:func:`lliejax.inference.load`).
+    data_cfg: a ``config.data`` section.
+    key: sampler key; image ``i`` (in name order) uses ``fold_in(key, i)``.
+    sampler, steps: passed to ``method.sample`` (default: the method's test sampler and step count).
+    max_images: only the first images in name order (default ``data_cfg.eval_max_images``; None = all).
+    out_dir: write the enhanced PNGs (each process its own) and ``metrics.json`` (process 0) there; refused if it
+      holds files and ``overwrite`` is false.
+    crop_border: pixels removed on every side before scoring (default: the convention's).
+    convention: default the method's.
+
+  Returns:
+    ``{"dataset", "split", "sampler", "num_images", "crop_border", "convention", "mean": {...}, "per_image":
+    [{"name", "psnr", "ssim", "psnr_input", "ssim_input"}...], "images": [(name, (LQ, output clamped, GT))...]}``;
+    ``images`` holds this process's images only.
   """
-  cache_key = (model, id(sde), mode)
-  if cache_key not in _SAMPLERS:
+  from lliejax.data import image_io, source  # pylint: disable=import-outside-toplevel
 
-    def run(params, lq, key):
-      noise_fn = lambda x, mu, t: model.apply({"params": params}, x, mu, t)
-      return sde_lib.sample(sde, noise_fn, lq, key, mode=mode)
-
-    _SAMPLERS[cache_key] = (sde, jax.jit(run))  # keep ``sde`` alive so its id stays unique
-  return _SAMPLERS[cache_key][1]
-
-
-def evaluate_dataset(config, params, *, model, sde, key, sampler: str | None = None, max_images: int | None = None,
-                     split: str | None = None, out_dir: str | None = None, overwrite: bool = False,
-                     crop_border: int = 0, progress: bool = False) -> dict:
-  """Enhance the images of ``config.data`` (``split``, default ``config.data.eval_split``) and score them.
-
-  Returns ``{"per_image": [{"name", "psnr", "ssim", "psnr_input", "ssim_input"}...], "mean": {...},
-  "images": [(name, (LQ, output clamped, GT))...]}``. With ``out_dir`` the enhanced PNGs and ``metrics.json`` are
-  written there (refused if it exists and ``overwrite`` is False).
-  """
-  from lliejax import image_io, metrics  # pylint: disable=import-outside-toplevel
-  from lliejax.data import pipeline  # pylint: disable=import-outside-toplevel
-
-  sampler = sampler or config.test_sampler
-  split = split or config.data.get("eval_split", "test")
+  method = enhancer.method
+  convention = convention or method.convention
+  crop = convention.crop_border if crop_border is None else int(crop_border)
+  sampler = sampler or method.default_sampler("test")
+  split = split or data_cfg.get("eval_split", "test")
   if out_dir is not None:
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
       raise FileExistsError(f"output directory {out_dir} is not empty; pass --overwrite to replace its files")
+    parallel.sync("lliejax-evaluate-outdir-checked")
     os.makedirs(out_dir, exist_ok=True)
-  run = make_sampler(model, sde, sampler)
-  rows, images = [], []
-  items = pipeline.eval_iterator(config.data, split=split, max_images=max_images)
+  items = source.eval_items(data_cfg, split=split, max_images=max_images)
+  if not items:
+    raise ValueError(f"dataset {data_cfg.get('name')!r} split {split!r} has no images")
+  mine = parallel.process_share(list(enumerate(items)))
+  loaded: dict[int, dict] = {}
+
+  def images():
+    for i, item in mine:
+      loaded[i] = item.load()
+      yield i, loaded[i]["lq"]
+
+  outputs = enhancer.enhance_many(images(), key, sampler=sampler, steps=steps)
   if progress:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    items = tqdm(items, desc=f"eval {split}", unit="img")
-  for i, item in enumerate(items):
-    lq = np.asarray(item["lq"], np.float32)
-    out = np.asarray(run(params, jnp.asarray(lq), jax.random.fold_in(key, i)))[0]
-    out_u8, gt_u8, lq_u8 = (metrics.to_uint8(a) for a in (out, item["gt"][0], lq[0]))
-    name = str(item["name"])
-    rows.append({"name": name,
-                 "psnr": float(metrics.psnr(out_u8, gt_u8, crop_border=crop_border)),
-                 "ssim": float(metrics.ssim(out_u8, gt_u8, crop_border=crop_border)),
-                 "psnr_input": float(metrics.psnr(lq_u8, gt_u8, crop_border=crop_border)),
-                 "ssim_input": float(metrics.ssim(lq_u8, gt_u8, crop_border=crop_border))})
-    images.append((name, (lq[0], np.clip(out, 0, 1), item["gt"][0])))
+    outputs = tqdm(outputs, total=len(mine), desc=f"eval {split}", unit="img")
+  scores = np.zeros((len(items), len(SCORES)), np.float64)
+  images = []
+  for i, out in outputs:
+    ex = loaded.pop(i)
+    row = convention.score(out, ex["gt"], ex["lq"], crop_border=crop)
+    scores[i] = [row[k] for k in SCORES]
+    images.append((ex["name"], (ex["lq"], np.clip(out, 0, 1), ex["gt"])))
     if out_dir is not None:
-      image_io.write_png(os.path.join(out_dir, f"{name}.png"), out, overwrite=overwrite)
-  if not rows:
-    raise ValueError(f"dataset {config.data.name!r} split {split!r} has no images")
-  mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_input", "ssim_input")}
-  result = {"dataset": config.data.name, "split": split, "sampler": sampler, "num_images": len(rows),
-            "crop_border": crop_border, "mean": mean, "per_image": rows}
-  if out_dir is not None:
+      image_io.write_png(os.path.join(out_dir, f"{ex['name']}.png"), out, overwrite=overwrite)
+  scores = parallel.process_sum(scores)
+  rows = [{"name": item.name, **dict(zip(SCORES, map(float, s)))} for item, s in zip(items, scores)]
+  mean = {k: float(np.mean([r[k] for r in rows])) for k in SCORES}
+  result = {"dataset": data_cfg.get("name"), "split": split, "sampler": sampler, "num_images": len(rows),
+            "crop_border": crop, "convention": convention.name, "mean": mean, "per_image": rows}
+  if out_dir is not None and jax.process_index() == 0:
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(result, f, indent=2)
   result["images"] = images
   return result
+
+
+def metrics_table(result: dict) -> str:
+  """The per-image and mean scores of :func:`evaluate_dataset` as a Markdown table."""
+  lines = ["| image | PSNR input | PSNR output | SSIM input | SSIM output |", "|---|---|---|---|---|"]
+  for r in result["per_image"]:
+    lines.append(f"| {r['name']} | {r['psnr_input']:.2f} | {r['psnr']:.2f} | {r['ssim_input']:.4f} | "
+                 f"{r['ssim']:.4f} |")
+  m = result["mean"]
+  lines.append(f"| **mean** | {m['psnr_input']:.2f} | {m['psnr']:.2f} | {m['ssim_input']:.4f} | {m['ssim']:.4f} |")
+  return "\n".join(lines)
+
+
+def write_report(result: dict, out_dir: str, *, label: str = "lliejax") -> dict[str, str]:
+  """``side_by_side.png`` (rows of LQ | output | GT) and ``metrics.md`` in ``out_dir``; returns their paths."""
+  from lliejax.data import image_io  # pylint: disable=import-outside-toplevel
+
+  rows = [image_io.side_by_side(list(triple), labels=[f"{name}: LQ", label, "GT"])
+          for name, triple in result["images"]]
+  picture = os.path.join(out_dir, "side_by_side.png")
+  image_io.write_png(picture, image_io.stack_rows(rows), overwrite=True)
+  table = os.path.join(out_dir, "metrics.md")
+  with open(table, "w") as f:
+    f.write(metrics_table(result) + "\n")
+  return {"picture": picture, "table": table}

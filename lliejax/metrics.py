@@ -3,7 +3,7 @@
 Two families of functions:
 
 * numpy, float64, one image at a time (``to_uint8``, ``psnr``, ``ssim``, ``rgb_to_y``): for reporting
-  numbers that must match a paper's own tooling (REFERENCE.md sections 1.11, 2.10, 3.7 and 4);
+  numbers that must match a paper's own tooling (the evaluation scripts of the three official code bases);
 * jax, float32, batched NHWC (``psnr_jax``, ``ssim_jax``): for use inside jitted training / validation
   steps, agreeing with the numpy versions to ~1e-4 (PSNR in dB, SSIM absolute).
 
@@ -54,15 +54,15 @@ mean of the per-channel SSIMs used here. ``psnr_jax``/``ssim_jax`` (float32) agr
 
 Neither ReDDiT's GT-mean brightness adjustment nor LPIPS/NIQE live here.
 
-Training metrics use :mod:`clu.metrics` collections (``TrainMetrics``, ``EvalMetrics``). ``clu.metrics.Std``
-is broken with jax 0.10 and is not used. ``compute()`` of an empty collection gives NaN.
+A :class:`Convention` bundles the choices of one code base (:data:`IRSDE` for Entropy-SDE); the training loop's
+scalars are averaged with a :func:`train_collection`.
 """
 # No ``from __future__ import annotations``: clu reads the Collection field annotations as objects.
+import dataclasses
 import functools
 import math
 from typing import Literal
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -321,43 +321,59 @@ def ssim_jax(a, b, *, data_range: float = 1.0, quantize: bool = False) -> jax.Ar
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Conventions: how a paper turns an output into its numbers.
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+  """The evaluation convention of one code base: uint8 conversion, SSIM flavour, border crop.
+
+  :meth:`score` converts the (unclamped float) output, the ground truth and the input with :func:`to_uint8`
+  (``rounding``) and returns PSNR and SSIM (``ssim``) of output and input against the ground truth.
+  """
+
+  name: str
+  rounding: Rounding = "round"
+  ssim: SsimConvention = "matlab"
+  crop_border: int = 0
+  y_channel: bool = False
+
+  def score(self, output, gt, lq=None, *, crop_border: int | None = None) -> dict[str, float]:
+    """``{'psnr', 'ssim'}`` of ``output`` vs ``gt`` (plus ``psnr_input``/``ssim_input`` of ``lq``); HxWxC in [0,1]."""
+    crop = self.crop_border if crop_border is None else crop_border
+    kw = dict(crop_border=crop, y_channel=self.y_channel)
+    gt8 = to_uint8(gt, rounding=self.rounding)
+    out = {}
+    for prefix, img in (("", output), ("_input", lq)):
+      if img is None:
+        continue
+      img8 = to_uint8(img, rounding=self.rounding)
+      out[f"psnr{prefix}"] = float(psnr(img8, gt8, **kw))
+      out[f"ssim{prefix}"] = float(ssim(img8, gt8, convention=self.ssim, **kw))
+    return out
+
+
+#: IR-SDE / Refusion / Entropy-SDE (``codes/utils/img_utils.py``: ``tensor2img``, ``calculate_psnr``,
+#: ``calculate_ssim``): round half to even, MATLAB-style SSIM, no border crop (the upstream ``test.py`` default of
+#: ``crop_border = scale = 4`` is available as ``crop_border=4``).
+IRSDE = Convention("irsde", rounding="round", ssim="matlab", crop_border=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # clu metric collections.
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  """Per-step training metrics. Feed ``loss``, ``grad_norm`` (scalars) and ``learning_rate``.
+def train_collection(names) -> type[clu_metrics.Collection]:
+  """A clu ``Collection`` class of the training scalars ``names``: means, except ``learning_rate`` (last value).
 
-  Build with ``TrainMetrics.single_from_model_output(loss=..., grad_norm=..., learning_rate=...)`` (or
-  ``gather_from_model_output`` inside ``pmap``), combine with ``merge``; ``compute()`` returns the means of
-  ``loss``/``grad_norm`` and the last ``learning_rate``.
+  ``clu.metrics.Std`` is not used: it is broken with jax 0.10. ``compute()`` of an empty average gives NaN.
   """
-
-  loss: clu_metrics.Average.from_output("loss")
-  grad_norm: clu_metrics.Average.from_output("grad_norm")
-  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
-
-
-@flax.struct.dataclass
-class EvalMetrics(clu_metrics.Collection):
-  """Validation metrics: mean of per-image ``psnr`` and ``ssim`` (pass ``(B,)`` arrays, optional ``mask``).
-
-  An ``inf`` PSNR (identical images) makes the mean ``inf``, as in the reference scripts.
-  """
-
-  psnr: clu_metrics.Average.from_output("psnr")
-  ssim: clu_metrics.Average.from_output("ssim")
-
-
-def eval_metrics_from_batch(pred, target, *, data_range: float = 1.0, quantize: bool = True,
-                            mask=None) -> EvalMetrics:
-  """``EvalMetrics`` for one NHWC batch (jit-friendly); ``mask`` (B,) excludes padding images."""
-  p = psnr_jax(pred, target, data_range=data_range, quantize=quantize)
-  s = ssim_jax(pred, target, data_range=data_range, quantize=quantize)
-  return EvalMetrics.single_from_model_output(psnr=p, ssim=s, mask=mask)
+  fields = {n: (clu_metrics.LastValue if n == "learning_rate" else clu_metrics.Average).from_output(n)
+            for n in names}
+  return clu_metrics.Collection.create(**fields)
 
 
 __all__ = [
-    "to_uint8", "rgb_to_y", "psnr", "ssim", "gaussian_window_1d", "psnr_jax", "ssim_jax", "TrainMetrics",
-    "EvalMetrics", "eval_metrics_from_batch",
+    "Convention", "IRSDE", "to_uint8", "rgb_to_y", "psnr", "ssim", "gaussian_window_1d", "psnr_jax", "ssim_jax",
+    "train_collection",
 ]

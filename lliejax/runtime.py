@@ -1,4 +1,10 @@
-"""Host runtime tuning: keep XLA:CPU's per-execution buffers out of fresh page faults.
+"""What a lliejax program sets up for its process: the host allocator and console logging.
+
+Nothing here runs at import: the command-line programs (:mod:`lliejax.cli`) call :func:`tune_host_allocator` and
+:func:`setup_logging` first thing; a script or notebook may call them too (the allocator tuning only helps when it
+runs before the first JAX computation).
+
+Allocator: keep XLA:CPU's per-execution buffers out of fresh page faults.
 
 XLA:CPU allocates the temporary buffer of every executable run with ``malloc`` on one of its worker threads
 (128 MiB for one small-NAFNet train step at 128x128, batch 8). With glibc's defaults such a block is served by
@@ -8,7 +14,7 @@ zero-fills every 4 KiB page on first touch. Measured on the 2-core development m
 than the arithmetic. glibc also refuses to keep such blocks in a worker thread's arena (at most 64 MiB), so raising
 the mmap threshold alone does not help.
 
-:func:`tune_host_allocator` (run once when ``lliejax`` is imported) calls glibc ``mallopt`` so that
+:func:`tune_host_allocator` calls glibc ``mallopt`` so that
 
 * all threads share the main arena (``M_ARENA_MAX = 1``), which can grow without limit,
 * no block is served by ``mmap`` (``M_MMAP_MAX = 0``), and
@@ -19,13 +25,14 @@ so a run reuses the pages of the previous one: 0 page faults per step and 1.8x f
 the system), which is what a training or enhancement process wants anyway.
 
 It must run before XLA starts its worker threads (the first JAX computation), since threads that already hold an
-arena keep it: ``import lliejax`` before computing anything. Set ``LLIEJAX_TUNE_MALLOC=0`` to leave the allocator
-alone. It does nothing on non-glibc systems (macOS, musl), where it reports why.
+arena keep it. ``LLIEJAX_TUNE_MALLOC=0`` makes it a no-op (the programs then leave the allocator alone). It does
+nothing on non-glibc systems (macOS, musl), where it reports why.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import sys
 
@@ -76,3 +83,30 @@ def _apply_glibc() -> dict:
 def status() -> dict:
   """What :func:`tune_host_allocator` did in this process (empty before it ran)."""
   return dict(_state)
+
+
+# ------------------------------------------------------------------------------------------------ logging
+_QUIET = ("orbax", "tensorstore", "jax._src", "absl_py", "tensorflow_datasets", "grain")
+
+
+class _LibraryFilter(logging.Filter):
+  """Drops INFO/DEBUG records emitted from the source files of chatty libraries (Orbax logs every save)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    path = record.pathname.replace("\\", "/")
+    return not any(f"/{name}/" in path or f"/{name}." in path for name in _QUIET)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+  """Console logging for the programs: lliejax and clu progress at ``level``, library chatter hidden."""
+  logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_LibraryFilter())
+  try:
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    absl_logging.use_python_logging()
+    absl_logging.get_absl_handler().addFilter(_LibraryFilter())
+  except ImportError:
+    pass

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lliejax import demo, enhance, image_io, main
+from lliejax import cli
+from lliejax.data import image_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "entropy_sde.py") + ":tiny"
@@ -17,17 +18,20 @@ TINY = os.path.join(REPO, "configs", "entropy_sde.py") + ":tiny"
 def workdir(tfds_dir, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("cli") / "run")
   # eval_every=3: validation (SDE sampler, PSNR/SSIM, LQ|output|GT grids) runs during training too.
-  assert main.run(["--config", TINY + ",eval_every=3", "--workdir", wd, "--data-dir", tfds_dir,
+  assert cli.main(["train", "--config", TINY + ",eval_every=3", "--workdir", wd, "--data-dir", tfds_dir,
                    "--mode", "train"]) == 0
   return wd
 
 
-@pytest.mark.parametrize("prog", ["lliejax-train", "lliejax-eval", "lliejax-enhance", "lliejax-demo",
+@pytest.mark.parametrize("prog", ["lliejax", "lliejax-train", "lliejax-eval", "lliejax-enhance", "lliejax-demo",
                                   "lliejax-convert", "lliejax-crosscheck"])
 def test_console_scripts_help(prog):
   out = subprocess.run([prog, "--help"], capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr
-  assert "usage:" in out.stdout and prog in out.stdout
+  command = prog.replace("lliejax-", "lliejax ")
+  assert "usage:" in out.stdout and command in out.stdout
+  if prog == "lliejax":
+    assert all(c in out.stdout for c in cli.COMMANDS)
 
 
 def test_train_writes_checkpoints_events_and_export(workdir):
@@ -48,7 +52,7 @@ def test_train_writes_checkpoints_events_and_export(workdir):
 
 def test_eval_writes_metrics_json_and_pngs(workdir, tmp_path, tfds_dir):
   out = str(tmp_path / "eval")
-  assert main.run_eval(["--workdir", workdir, "--max-images", "2", "--out", out, "--data-dir", tfds_dir]) == 0
+  assert cli.main(["eval", "--workdir", workdir, "--max-images", "2", "--out", out, "--data-dir", tfds_dir]) == 0
   with open(os.path.join(out, "metrics.json")) as f:
     m = json.load(f)
   assert m["num_images"] == 2 and m["sampler"] == "posterior"
@@ -57,9 +61,9 @@ def test_eval_writes_metrics_json_and_pngs(workdir, tmp_path, tfds_dir):
     img, _ = image_io.read_image(png)
     assert img.shape[-1] == 3 and np.isfinite(row["psnr"]) and -1 <= row["ssim"] <= 1
   # A second run must not silently replace the results.
-  assert main.run_eval(["--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir]) == 2
-  assert main.run_eval(["--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir,
-                        "--overwrite"]) == 0
+  assert cli.main(["eval", "--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir]) == 2
+  assert cli.main(["eval", "--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir,
+                   "--overwrite"]) == 0
 
 
 def _write_inputs(d):
@@ -79,7 +83,7 @@ def _write_inputs(d):
 def test_enhance_folder_with_bad_inputs(workdir, tmp_path, capsys):
   inp, out = str(tmp_path / "in"), str(tmp_path / "out")
   expected = _write_inputs(inp)
-  rc = enhance.run([inp, "--model", workdir, "--out", out, "--quiet"])
+  rc = cli.main(["enhance", inp, "--checkpoint", workdir, "--out", out, "--quiet"])
   captured = capsys.readouterr()
   assert rc == 1  # the corrupt file makes the run fail at the end ...
   assert "broken.png" in captured.err
@@ -90,10 +94,10 @@ def test_enhance_folder_with_bad_inputs(workdir, tmp_path, capsys):
   assert not os.path.exists(os.path.join(out, "broken.png"))
   # Existing outputs are refused and left untouched unless --overwrite.
   before = os.path.getmtime(os.path.join(out, "rgb.png"))
-  assert enhance.run([os.path.join(inp, "rgb.png"), "--model", workdir, "--out", out, "--quiet"]) == 2
+  assert cli.main(["enhance", os.path.join(inp, "rgb.png"), "--checkpoint", workdir, "--out", out, "--quiet"]) == 2
   assert "already exists" in capsys.readouterr().err
   assert os.path.getmtime(os.path.join(out, "rgb.png")) == before
-  assert enhance.run([os.path.join(inp, "rgb.png"), "--model", workdir, "--out", out, "--quiet",
+  assert cli.main(["enhance", os.path.join(inp, "rgb.png"), "--checkpoint", workdir, "--out", out, "--quiet",
                       "--overwrite"]) == 0
 
 
@@ -102,7 +106,7 @@ def test_enhance_never_overwrites_inputs(workdir, tmp_path, capsys):
   _write_inputs(inp)
   src = os.path.join(inp, "rgb.png")
   data = open(src, "rb").read()
-  assert enhance.run([src, "--model", workdir, "--out", inp, "--overwrite", "--quiet"]) == 2
+  assert cli.main(["enhance", src, "--checkpoint", workdir, "--out", inp, "--overwrite", "--quiet"]) == 2
   assert "input files" in capsys.readouterr().err
   assert open(src, "rb").read() == data
 
@@ -112,8 +116,8 @@ def test_enhance_is_reproducible_and_same_as_exported_params(workdir, tmp_path):
   _write_inputs(inp)
   src = os.path.join(inp, "photo.jpg")
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  assert enhance.run([src, "--model", workdir, "--out", a, "--quiet", "--seed", "3"]) == 0
-  assert enhance.run([src, "--model", os.path.join(workdir, "export"), "--out", b, "--quiet", "--seed", "3"]) == 0
+  assert cli.main(["enhance", src, "--checkpoint", workdir, "--out", a, "--quiet", "--seed", "3"]) == 0
+  assert cli.main(["enhance", src, "--model", os.path.join(workdir, "export"), "--out", b, "--quiet", "--seed", "3"]) == 0
   np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(a, "photo.png"))),
                                 np.asarray(Image.open(os.path.join(b, "photo.png"))))
 
@@ -121,23 +125,27 @@ def test_enhance_is_reproducible_and_same_as_exported_params(workdir, tmp_path):
 def test_enhance_bad_model_and_missing_input(tmp_path, capsys):
   inp = str(tmp_path / "in")
   _write_inputs(inp)
-  assert enhance.run([inp, "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+  assert cli.main(["enhance", inp, "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
   assert "does not exist" in capsys.readouterr().err
-  assert enhance.run([str(tmp_path / "missing.png"), "--model", inp, "--out", str(tmp_path / "o")]) == 2
+  assert cli.main(["enhance", str(tmp_path / "missing.png"), "--checkpoint", inp, "--out", str(tmp_path / "o")]) == 2
   assert "missing.png" in capsys.readouterr().err
 
 
 def test_train_cli_bad_config_errors(tmp_path, capsys):
-  assert main.run(["--config", TINY + ",model.nonexistent=3", "--workdir", str(tmp_path)]) == 2
+  assert cli.main(["train", "--config", TINY + ",model.nonexistent=3", "--workdir", str(tmp_path)]) == 2
   assert "model.nonexistent" in capsys.readouterr().err
-  assert main.run(["--config", "configs/missing.py:demo", "--workdir", str(tmp_path)]) == 2
+  assert cli.main(["train", "--config", "configs/missing.py:demo", "--workdir", str(tmp_path)]) == 2
   assert "missing.py" in capsys.readouterr().err
+  assert cli.main(["train", "--method", "nosuchmethod", "--workdir", str(tmp_path)]) == 2
+  assert "unknown method 'nosuchmethod'; known methods: entropy_sde" in capsys.readouterr().err
+  assert cli.main(["train", "--method", "other", "--config", TINY, "--workdir", str(tmp_path)]) == 2
+  assert "is a config of method 'entropy_sde'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_demo_end_to_end_on_tiny_config(tfds_dir, tmp_path, capsys):
   wd = str(tmp_path / "demo")
-  assert demo.run(["--workdir", wd, "--config", "entropy_sde:tiny", "--data-dir", tfds_dir]) == 0
+  assert cli.main(["demo", "--workdir", wd, "--config", "entropy_sde:tiny", "--data-dir", tfds_dir]) == 0
   out = capsys.readouterr().out
   picture = os.path.join(wd, "results", "side_by_side.png")
   assert picture in out and os.path.isfile(picture)

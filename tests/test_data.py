@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lliejax import data
-from lliejax.data import common, demo, lol, pipeline
+from lliejax.data import augment, demo, lol, registry, source
 
 tfds.disable_progress_bar()
 
@@ -66,9 +66,9 @@ def _make_lol_v2(root, subset, n_train=5, n_test=2, real=True):
 
 
 def _read_all(name, data_dir, split):
-  builder = pipeline.get_builder(name, data_dir=data_dir)
-  src = common.read_source(builder, split)
-  return {r["name"]: (r["lq"], r["gt"]) for r in map(common.decode_record, (src[i] for i in range(len(src))))}
+  builder = registry.get_builder(name, data_dir=data_dir)
+  src = source.read_source(builder, split)
+  return {r["name"]: (r["lq"], r["gt"]) for r in map(source.decode_record, (src[i] for i in range(len(src))))}
 
 
 def _assert_same(got, expected):
@@ -84,7 +84,7 @@ def lol_v1(tmp_path_factory):
   manual = str(tmp_path_factory.mktemp("lolv1_manual"))
   expected = _make_lol_v1(manual)
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  pipeline.prepare("lol_v1", data_dir=data_dir, manual_dir=manual)
+  registry.prepare("lol_v1", data_dir=data_dir, manual_dir=manual)
   return {"manual_dir": manual, "data_dir": data_dir, "expected": expected}
 
 
@@ -112,12 +112,12 @@ def _take(it, k):
 def test_lol_v1_roundtrip_and_idempotent(lol_v1):
   for split in ("train", "test"):
     _assert_same(_read_all("lol_v1", lol_v1["data_dir"], split), lol_v1["expected"][split])
-  builder = pipeline.get_builder("lol_v1", data_dir=lol_v1["data_dir"])
+  builder = registry.get_builder("lol_v1", data_dir=lol_v1["data_dir"])
   assert builder.info.splits["train"].num_examples == 6 and builder.info.splits["test"].num_examples == 3
   files = sorted(os.listdir(builder.data_dir))
   assert any(f.startswith("lol_v1-train.array_record") for f in files)
   stamp = os.path.getmtime(os.path.join(builder.data_dir, "dataset_info.json"))
-  again = pipeline.prepare("lol_v1", data_dir=lol_v1["data_dir"])  # built: no manual_dir needed, no rebuild
+  again = registry.prepare("lol_v1", data_dir=lol_v1["data_dir"])  # built: no manual_dir needed, no rebuild
   assert again.is_prepared()
   assert os.path.getmtime(os.path.join(builder.data_dir, "dataset_info.json")) == stamp
 
@@ -126,7 +126,7 @@ def test_lol_v1_roundtrip_and_idempotent(lol_v1):
 def test_lol_v2_real_roundtrip(tmp_path, as_subfolder):
   expected = _make_lol_v2(str(tmp_path / "LOL-v2"), "Real_captured")
   manual = tmp_path / "LOL-v2" / ("Real_captured" if as_subfolder else "")
-  pipeline.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+  registry.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
   for split in ("train", "test"):
     got = _read_all("lol_v2_real", str(tmp_path / "tfds"), split)
     _assert_same(got, expected[split])  # names are the low-light stems, e.g. low00001
@@ -134,7 +134,7 @@ def test_lol_v2_real_roundtrip(tmp_path, as_subfolder):
 
 def test_lol_v2_synthetic_roundtrip(tmp_path):
   expected = _make_lol_v2(str(tmp_path / "m"), "Synthetic", real=False)
-  pipeline.prepare("lol_v2_synthetic", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "m"))
+  registry.prepare("lol_v2_synthetic", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "m"))
   for split in ("train", "test"):
     _assert_same(_read_all("lol_v2_synthetic", str(tmp_path / "tfds"), split), expected[split])
 
@@ -143,15 +143,15 @@ def test_missing_folder_errors(tmp_path):
   manual = tmp_path / "m"
   _write_split(str(manual), "our485/low", "our485/high", ["1.png"], ["1.png"], seed=0)
   with pytest.raises(ValueError, match=r"lol_v1.*eval15"):
-    pipeline.prepare("lol_v1", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+    registry.prepare("lol_v1", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
   with pytest.raises(ValueError, match=r"lol_v2_real.*Real_captured"):
-    pipeline.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+    registry.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
   with pytest.raises(ValueError, match="does not exist"):
-    pipeline.prepare("lol_v1", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "nope"))
+    registry.prepare("lol_v1", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "nope"))
   with pytest.raises(ValueError, match="manual_dir"):
-    pipeline.prepare("lol_v2_synthetic", data_dir=str(tmp_path / "tfds"))
+    registry.prepare("lol_v2_synthetic", data_dir=str(tmp_path / "tfds"))
   with pytest.raises(ValueError, match="lliejax_demo, lol_v1, lol_v2_real, lol_v2_synthetic"):
-    pipeline.get_builder("lol_v3", data_dir=str(tmp_path / "tfds"))
+    registry.get_builder("lol_v3", data_dir=str(tmp_path / "tfds"))
   assert not os.path.exists(tmp_path / "tfds" / "lol_v1")
 
 
@@ -162,11 +162,11 @@ def test_pairing_errors(tmp_path):
   _write_split(str(base), "Train/Low", "Train/Normal", ["low00001.png"], ["normal00001.png"], seed=0)
   _save(str(base / "Train/Low/low00002.png"), np.zeros((H, W, 3), np.uint8))
   with pytest.raises(ValueError, match=r"Train/Low holds 2 images but .*Train/Normal holds 1"):
-    pipeline.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(base))
+    registry.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(base))
   # id mismatch
   _save(str(base / "Train/Normal/normal00003.png"), np.zeros((H, W, 3), np.uint8))
   with pytest.raises(ValueError, match=r"cannot pair .*Train/Low.*ids only in .*\[2\].*\[3\]"):
-    pipeline.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(base))
+    registry.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(base))
   # pairing by numeric id when the names differ; pairs in sorted LQ-name order
   _write_split(str(tmp_path / "ids"), "a", "b", ["low9.png", "low10.png"], ["normal9.png", "normal10.png"], seed=0)
   pairs = lol.pair_files(str(tmp_path / "ids/a"), str(tmp_path / "ids/b"), dataset="x")
@@ -175,7 +175,7 @@ def test_pairing_errors(tmp_path):
   os.remove(base / "Train/Normal/normal00003.png")
   _save(str(base / "Train/Normal/normal00002.png"), np.zeros((8, 8, 3), np.uint8))
   with pytest.raises(ValueError, match="differ in size"):
-    pipeline.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(base))
+    registry.prepare("lol_v2_real", data_dir=str(tmp_path / "tfds"), manual_dir=str(base))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -183,21 +183,23 @@ def test_pairing_errors(tmp_path):
 
 
 def test_demo_dataset(demo_dir):
-  builder = pipeline.prepare("lliejax_demo", data_dir=demo_dir)
+  builder = registry.prepare("lliejax_demo", data_dir=demo_dir)
   assert builder.info.splits["train"].num_examples == len(demo.TRAIN_PHOTOS)
   assert builder.info.splits["test"].num_examples == len(demo.TEST_PHOTOS)
   cfg = {"name": "lliejax_demo", "data_dir": demo_dir}
   names = []
-  for ex in data.eval_iterator(cfg):
+  for item in data.eval_items(cfg):
+    ex = item.load()
     lq, gt = ex["lq"], ex["gt"]
-    assert lq.shape == gt.shape and lq.shape[0] == 1 and max(lq.shape[1:3]) == demo.DEFAULT_MAX_SIDE
+    assert lq.shape == gt.shape and lq.shape[2] == 3 and max(lq.shape[:2]) == demo.DEFAULT_MAX_SIDE
     assert lq.dtype == np.float32 and 0 <= lq.min() and lq.max() <= 1
     assert lq.mean() < 0.5 * gt.mean()
     psnr = 10 * np.log10(1 / np.mean((lq - gt) ** 2))
     assert psnr < 20
-    names.append(ex["name"])
+    assert ex["name"] == item.name
+    names.append(item.name)
   assert names == sorted(demo.TEST_PHOTOS)
-  assert [e["name"] for e in data.eval_iterator(cfg, max_images=2)] == sorted(demo.TEST_PHOTOS)[:2]
+  assert [e.name for e in data.eval_items(cfg, max_images=2)] == sorted(demo.TEST_PHOTOS)[:2]
   # The stored GT is the downscaled bundled photo; the LQ is darken() of it with the per-photo seed.
   rec = _read_all("lliejax_demo", demo_dir, "test")["coffee"]
   gt = demo.downscale(demo.load_photo("coffee"), demo.DEFAULT_MAX_SIDE)
@@ -240,7 +242,7 @@ def test_paired_augment_matches_reference():
   lq, gt = _pair(rng_img, 30, 37)
   seen = set()
   for s in range(40):
-    out_lq, out_gt = pipeline.paired_augment(lq, gt, np.random.default_rng(s), patch_size=16, resize_prob=0.5)
+    out_lq, out_gt = augment.paired_augment(lq, gt, np.random.default_rng(s), patch_size=16, resize_prob=0.5)
     r = np.random.default_rng(s)
     resize = r.random() < 0.5
     img = gt.astype(np.float32) / 255
@@ -257,7 +259,7 @@ def test_paired_augment_matches_reference():
     seen.add((resize, hf, vf, tr))
   assert len({k[1:] for k in seen}) == 8 and {k[0] for k in seen} == {False, True}
   with pytest.raises(ValueError, match="smaller than patch_size 64"):
-    pipeline.paired_augment(lq, gt, np.random.default_rng(0), patch_size=64, name="tiny")
+    augment.paired_augment(lq, gt, np.random.default_rng(0), patch_size=64, name="tiny")
 
 
 def test_determinism_and_resume(lol_v1):
@@ -281,27 +283,29 @@ def test_determinism_and_resume(lol_v1):
 
 
 def test_process_sharding(lol_v1):
+  """Each process reads its slice of every global batch: the global batches do not depend on the process count."""
   cfg = _cfg(lol_v1)
+  whole = _take(data.train_iterator(cfg, seed=0, batch_size=6), 4)
   for count in (2, 3):
-    shards = []
-    for p in range(count):
-      batches = _take(data.train_iterator(cfg, seed=0, batch_size=2 * count, process_index=p,
-                                          process_count=count), 4)
-      assert batches[0]["lq"].shape[0] == 2
-      shards.append({int(i) for x in batches for i in x["index"]})
-    assert sorted(i for s in shards for i in s) == list(range(6))  # disjoint and covering
+    parts = [_take(data.train_iterator(cfg, seed=0, batch_size=6, process_index=p, process_count=count,
+                                       start_step=1), 3) for p in range(count)]
+    assert parts[0][0]["lq"].shape[0] == 6 // count
+    for step in range(3):
+      for k in whole[0]:
+        np.testing.assert_array_equal(np.concatenate([part[step][k] for part in parts]), whole[step + 1][k])
   with pytest.raises(ValueError, match="not divisible"):
     data.train_iterator(cfg, seed=0, batch_size=3, process_count=2)
 
 
-def test_eval_iterator(lol_v1):
+def test_eval_items(lol_v1):
   exp = lol_v1["expected"]["test"]
-  got = list(data.eval_iterator(_cfg(lol_v1, eval_max_images=2)))
-  assert [g["name"] for g in got] == ["1", "111"]  # sorted names like the official code, truncated
-  for g in got:
-    assert g["lq"].shape == (1, H, W, 3) and g["lq"].dtype == np.float32
-    np.testing.assert_array_equal(np.round(g["gt"][0] * 255).astype(np.uint8), exp[g["name"]][1])
-  assert len(list(data.eval_iterator(_cfg(lol_v1), split="train"))) == 6
+  items = data.eval_items(_cfg(lol_v1, eval_max_images=2))
+  assert [g.name for g in items] == ["1", "111"]  # sorted names like the official code, truncated
+  for item in items:
+    g = item.load()
+    assert g["lq"].shape == (H, W, 3) and g["lq"].dtype == np.float32
+    np.testing.assert_array_equal(np.round(g["gt"] * 255).astype(np.uint8), exp[item.name][1])
+  assert len(data.eval_items(_cfg(lol_v1), split="train")) == 6
 
 
 def test_reads_without_tensorflow(lol_v1, tmp_path):
@@ -331,7 +335,7 @@ def test_reads_without_tensorflow(lol_v1, tmp_path):
     cfg = {{'name': 'lol_v1', 'data_dir': {str(tmp_path)!r}, 'patch_size': 16}}
     batch = next(data.train_iterator(cfg, seed=0, batch_size=2))
     assert np.allclose(batch['lq'], batch['gt'] / 4, atol=2e-6)
-    assert len(list(data.eval_iterator(cfg))) == 3
+    assert len(data.eval_items(cfg)) == 3 and data.eval_items(cfg)[0].load()["lq"].ndim == 3
     assert 'tensorflow' not in sys.modules, 'tensorflow was imported'
     print('NO_TF_OK')
   """)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lliejax import entropy as E
+from lliejax.losses import entropy as E
 
 # ----------------------------------------------------------------------------------------------------------------
 # Dense reference, built like the official PyTorch code (materialises the (B, L*L, C, H, n_windows*W) density).

@@ -61,7 +61,7 @@ def _tree_sums(tree) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- diffusion
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_irsde_tables(schedule):
-  from lliejax import sde as sde_lib
+  from lliejax.diffusion import irsde as sde_lib
   s = sde_lib.make_sde(50, 100, schedule, 0.005)
   for name in ("thetas", "sigmas", "thetas_cumsum", "sigma_bars", "posterior_stds"):
     check(f"irsde/{schedule}/{name}", getattr(s, name), rtol=0)
@@ -69,7 +69,7 @@ def test_irsde_tables(schedule):
 
 
 def test_irsde_steps_and_ml_pair():
-  from lliejax import sde as sde_lib
+  from lliejax.diffusion import irsde as sde_lib
   s = sde_lib.make_sde()
   rng = np.random.default_rng(0)
   x0, mu, xt, noise, z = (jnp.asarray(rng.random((4, 5, 6, 3)), jnp.float32) for _ in range(5))
@@ -108,7 +108,7 @@ def test_nafnet_init_and_forward():
 # ------------------------------------------------------------------------------------------------- losses
 @pytest.mark.parametrize("kind", ["kl", "cross", "hellinger", "hellinger_smooth"])
 def test_entropy_loss_and_gradient(kind):
-  from lliejax import entropy
+  from lliejax.losses import entropy
   rng = np.random.default_rng(2)
   target = jnp.asarray(rng.random((2, 12, 12, 3)), jnp.float32)
   pred = jnp.clip(target * 0.9 + 0.05 * jnp.asarray(rng.standard_normal(target.shape), jnp.float32), -0.05, 1.05)
@@ -128,50 +128,49 @@ def _tiny_batch(seed=0, n=8, size=32):
 
 @pytest.mark.parametrize("loss", ["l1", "kl"])
 def test_train_steps(loss):
-  from lliejax import parallel, sde as sde_lib, train
+  from lliejax import methods, optim, parallel, state as state_lib, train
   from lliejax.configs.entropy_sde import get_config
   config = get_config("tiny")
   config.loss.name, config.loss.bins = loss, 8
   mesh = parallel.make_mesh()
-  model, tx = train.create_model(config), train.make_optimizer(config)
-  sde = sde_lib.make_sde_from_config(config.sde)
-  state = jax.device_put(train.create_train_state(config, model, tx, jax.random.key(0)),
-                         parallel.replicated(mesh))
-  step = train.jit_train_step(train.make_train_step(config, model, tx, sde), mesh)
+  method, tx = methods.build(config), optim.make_optimizer(config)
+  state = jax.device_put(state_lib.create(method, tx, jax.random.key(0)), parallel.replicated(mesh))
+  step = train.jit_train_step(train.make_train_step(method, tx), mesh)
   batch = parallel.global_batch(_tiny_batch(), mesh)
   losses, norms = [], []
   for _ in range(3):
-    state, m = step(state, batch, jax.random.key(7))
+    state, m = step(state, {}, batch, jax.random.key(7))
     losses.append(float(m["loss"]))
     norms.append(float(m["grad_norm"]))
   check(f"train/{loss}/loss", losses, rtol=1e-5)
   check(f"train/{loss}/grad_norm", norms, rtol=1e-5)
   check(f"train/{loss}/params", _tree_sums(state.params), rtol=1e-5, atol=1e-9)
-  check(f"train/{loss}/ema", _tree_sums(state.ema_params), rtol=1e-5, atol=1e-9)
+  check(f"train/{loss}/ema", _tree_sums(state.ema["ema"]), rtol=1e-5, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------- sampling
 @pytest.mark.parametrize("mode", ["posterior", "sde", "ode"])
 def test_samplers(mode):
-  from lliejax import evaluate, sde as sde_lib, train
+  from lliejax import inference, methods
   from lliejax.configs.entropy_sde import get_config
-  config = get_config("tiny")
-  model = train.create_model(config)
-  params = train.init_params(model, jax.random.key(0), 3, 4)
+  method = methods.build(get_config("tiny"))
+  params = method.init_params(jax.random.key(0))
   params = jax.tree_util.tree_map_with_path(lambda p, v: v + 0.1 if p[-1].key in ("beta", "gamma") else v, params)
-  sde = sde_lib.make_sde_from_config(config.sde)
   lq = jnp.asarray(np.random.default_rng(3).random((1, 20, 28, 3)) * 0.3, jnp.float32)
-  out = evaluate.make_sampler(model, sde, mode)(params, lq, jax.random.key(5))
-  check(f"sample/{mode}", out, rtol=1e-5, atol=1e-6)
+  direct = jax.jit(lambda p, x, k: method.sample(p, {}, x, k, sampler=mode))(params, lq, jax.random.key(5))
+  check(f"sample/{mode}", direct, rtol=1e-5, atol=1e-6)
+  enhancer = inference.Enhancer(method=method, params=params, frozen={}, source="test", info={})
+  out = enhancer.enhance(np.asarray(lq[0]), jax.random.key(5), sampler=mode)  # the batched, sharded path
+  check(f"sample/{mode}", out[None], rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------- data + demo
 def test_demo_training_batches(tfds_dir):
   from lliejax.configs.entropy_sde import get_config
-  from lliejax.data import pipeline
+  from lliejax.data import pipeline, registry
   config = get_config("tiny")
   config.data.data_dir = tfds_dir
-  pipeline.prepare("lliejax_demo", data_dir=tfds_dir)
+  registry.prepare("lliejax_demo", data_dir=tfds_dir)
   it = pipeline.train_iterator(config.data, seed=0, batch_size=8)
   for i in range(3):
     b = next(it)
@@ -184,15 +183,14 @@ def test_demo_training_batches(tfds_dir):
 def test_demo_evaluation_after_short_training(tfds_dir, tmp_path):
   from lliejax import evaluate, inference, train
   from lliejax.configs.entropy_sde import get_config
-  from lliejax.data import pipeline
+  from lliejax.data import registry
   config = get_config("tiny")
   config.data.data_dir = tfds_dir
-  pipeline.prepare("lliejax_demo", data_dir=tfds_dir)
+  registry.prepare("lliejax_demo", data_dir=tfds_dir)
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
-  enhancer = inference.load_enhancer(workdir)
-  result = evaluate.evaluate_dataset(config, enhancer.params, model=enhancer.model, sde=enhancer.sde,
-                                     key=jax.random.key(0))
+  enhancer = inference.load(workdir)
+  result = evaluate.evaluate_dataset(enhancer, config.data, key=jax.random.key(0))
   rows = result["per_image"]
   assert [r["name"] for r in rows] == ["chelsea", "coffee", "rocket"]
   check("demo/psnr", [r["psnr"] for r in rows], rtol=0, atol=1e-4)
@@ -208,15 +206,15 @@ def test_pytorch_state_dict_import():
   import sys
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from torch_nafnet import TorchConditionalNAFNet, randomise_
-  from lliejax import convert
+  from lliejax.interop.nafnet import KEYMAP
   from lliejax.models import nafnet
   cfg = {"img_channel": 3, "width": 8, "enc_blk_nums": [1, 2], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
   torch.manual_seed(0)
   net = randomise_(TorchConditionalNAFNet(**cfg), seed=1).eval()
   sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-  params = convert.state_dict_to_params(sd)
+  params = KEYMAP.import_state_dict(sd).params
   check("torch/params", _tree_sums(params), rtol=0)
-  back = convert.params_to_state_dict(params)
+  back = KEYMAP.export_params(params)
   assert list(back) == list(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
   model = nafnet.ConditionalNAFNet(width=8, enc_blk_nums=(1, 2), middle_blk_num=1, dec_blk_nums=(1, 1))
   x = jnp.asarray(np.random.default_rng(4).random((1, 12, 20, 3)), jnp.float32)
@@ -228,7 +226,7 @@ def test_pytorch_state_dict_import():
 def test_v0_1_0_export_loads_and_enhances():
   """``tests/golden/export_v0_1_0`` was written by lliejax 0.1.0 (the tiny config, init key 11, beta/gamma + 0.1)."""
   from lliejax import inference
-  enhancer = inference.load_enhancer(os.path.join(os.path.dirname(GOLDEN), "export_v0_1_0"))
+  enhancer = inference.load(os.path.join(os.path.dirname(GOLDEN), "export_v0_1_0"))
   image = (np.random.default_rng(9).random((13, 22, 3)) * 0.3).astype(np.float32)
   out = enhancer.enhance(image, jax.random.key(2), sampler="posterior")
   check("export_v1/enhance", out, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from lliejax import image_io as iio
+from lliejax.data import image_io as iio
 from lliejax.metrics import to_uint8
 
 

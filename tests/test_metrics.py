@@ -216,36 +216,29 @@ def test_jax_metrics_precision_on_bright_image_and_grad():
 # ---------------------------------------------------------------------------------------------- clu collections
 
 
-def test_train_metrics_merge_compute():
-  m1 = M.TrainMetrics.single_from_model_output(loss=jnp.array(1.0), grad_norm=jnp.array(2.0),
-                                               learning_rate=jnp.array(1e-4))
-  step = jax.jit(lambda l, g, lr: M.TrainMetrics.single_from_model_output(loss=l, grad_norm=g, learning_rate=lr))
+def test_train_collection_merge_compute():
+  collection = M.train_collection(["loss", "grad_norm", "learning_rate", "aux"])
+  m1 = collection.single_from_model_output(loss=jnp.array(1.0), grad_norm=jnp.array(2.0),
+                                           learning_rate=jnp.array(1e-4), aux=jnp.array(5.0))
+  step = jax.jit(lambda l, g, lr: collection.single_from_model_output(loss=l, grad_norm=g, learning_rate=lr,
+                                                                      aux=l + 1))
   m2 = step(jnp.array(3.0), jnp.array(6.0), jnp.array(2e-4))
-  out = M.TrainMetrics.empty().merge(m1).merge(m2).compute()
+  out = collection.empty().merge(m1).merge(m2).compute()
   assert float(out["loss"]) == pytest.approx(2.0)
   assert float(out["grad_norm"]) == pytest.approx(4.0)
-  assert float(out["learning_rate"]) == pytest.approx(2e-4)
+  assert float(out["aux"]) == pytest.approx(4.5)
+  assert float(out["learning_rate"]) == pytest.approx(2e-4)  # the last value, not the mean
 
 
-def test_train_metrics_gather_under_pmap():
-  n = jax.local_device_count()
-  f = jax.pmap(lambda l: M.TrainMetrics.gather_from_model_output(loss=l, grad_norm=2 * l,
-                                                                 learning_rate=jnp.float32(0.5)),
-               axis_name="batch")
-  out = f(jnp.arange(n, dtype=jnp.float32)).unreplicate().compute()
-  assert float(out["loss"]) == pytest.approx((n - 1) / 2)
-  assert float(out["grad_norm"]) == pytest.approx(n - 1)
-  assert float(out["learning_rate"]) == pytest.approx(0.5)
-
-
-def test_eval_metrics_batch_and_mask():
+def test_convention_scores_as_the_reference_functions():
   a, b = _pair(20, shape=(2, 24, 28, 3))
-  m = jax.jit(M.eval_metrics_from_batch)(a, b, mask=jnp.array([True, False]))
-  m = m.merge(M.eval_metrics_from_batch(a[:1], b[:1]))
-  out = m.compute()
-  ua, ub = M.to_uint8(a[0]), M.to_uint8(b[0])
-  assert float(out["psnr"]) == pytest.approx(M.psnr(ua, ub), abs=1e-4)
-  assert float(out["ssim"]) == pytest.approx(M.ssim(ua, ub), abs=1e-5)
-  direct = M.EvalMetrics.single_from_model_output(psnr=jnp.array([30.0, 20.0]), ssim=jnp.array([0.9, 0.7]))
-  assert float(direct.compute()["psnr"]) == pytest.approx(25.0)
-  assert float(direct.compute()["ssim"]) == pytest.approx(0.8)
+  out, gt, lq = np.asarray(a[0]) * 1.1 - 0.05, np.asarray(b[0]), np.asarray(a[1])  # output beyond [0, 1]
+  row = M.IRSDE.score(out, gt, lq)
+  o8, g8, l8 = M.to_uint8(out), M.to_uint8(gt), M.to_uint8(lq)
+  assert row == {"psnr": M.psnr(o8, g8), "ssim": M.ssim(o8, g8), "psnr_input": M.psnr(l8, g8),
+                 "ssim_input": M.ssim(l8, g8)}
+  cropped = M.IRSDE.score(out, gt, crop_border=4)
+  assert set(cropped) == {"psnr", "ssim"} and cropped["psnr"] == M.psnr(o8, g8, crop_border=4)
+  trunc = M.Convention("t", rounding="truncate", ssim="skimage").score(out, gt)
+  t8, tg = M.to_uint8(out, rounding="truncate"), M.to_uint8(gt, rounding="truncate")
+  assert trunc == {"psnr": M.psnr(t8, tg), "ssim": M.ssim(t8, tg, convention="skimage")}

@@ -8,17 +8,16 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lliejax import parallel, sde as sde_lib, train
+from lliejax import checkpoint, ema, losses, methods, optim, parallel, state as state_lib, train
 from lliejax.configs.entropy_sde import get_config
+from lliejax.diffusion import irsde
 
 
 def _setup(config, mesh):
-  model, tx = train.create_model(config), train.make_optimizer(config)
-  sde = sde_lib.make_sde_from_config(config.sde)
-  state = train.create_train_state(config, model, tx, jax.random.key(0))
-  state = jax.device_put(state, parallel.replicated(mesh))
-  step = train.jit_train_step(train.make_train_step(config, model, tx, sde), mesh)
-  return model, sde, state, step
+  method, tx = methods.build(config), optim.make_optimizer(config)
+  state = jax.device_put(state_lib.create(method, tx, jax.random.key(0)), parallel.replicated(mesh))
+  step = train.jit_train_step(train.make_train_step(method, tx), mesh)
+  return method, state, lambda st, batch, key: step(st, {}, batch, key)
 
 
 def _batch(seed=0, n=8, size=32):
@@ -32,14 +31,13 @@ def test_train_step_reduces_loss():
   config.optim.learning_rate = 5e-3
   config.num_train_steps = 1000  # keep the cosine schedule near its initial value
   mesh = parallel.make_mesh(jax.devices()[:1])
-  model, sde, state, step = _setup(config, mesh)
-  loss_fn = train.losses_lib.get_loss_fn(config.loss)
+  method, state, step = _setup(config, mesh)
+  loss_fn = losses.get(config.loss)
   host = _batch()
 
   @jax.jit
   def fixed_objective(params):  # the same t and noise draws before and after training
-    noise_fn = lambda x, mu, t: model.apply({"params": params}, x, mu, t)
-    pred, target, _ = sde_lib.ml_pair(sde, noise_fn, host["gt"], host["lq"], jax.random.key(42))
+    pred, target, _ = irsde.ml_pair(method.sde, method.noise_fn(params), host["gt"], host["lq"], jax.random.key(42))
     return loss_fn(pred, target, None)
 
   before = float(fixed_objective(state.params))
@@ -58,7 +56,7 @@ def test_eight_devices_match_one_device():
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    _, _, state, step = _setup(config, mesh)
+    _, state, step = _setup(config, mesh)
     batch = parallel.global_batch(_batch(), mesh)
     assert len(batch["gt"].sharding.device_set) == len(devices)
     losses = []
@@ -70,7 +68,7 @@ def test_eight_devices_match_one_device():
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s8.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(s1.ema_params), jax.tree_util.tree_leaves(s8.ema_params)):
+  for a, b in zip(jax.tree_util.tree_leaves(s1.ema), jax.tree_util.tree_leaves(s8.ema)):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -98,18 +96,20 @@ def test_ema_follows_ema_pytorch_rules():
   cfg.update_every, cfg.update_after_step = 3, 7
   online = np.cumsum(np.random.default_rng(0).standard_normal(40)).astype(np.float64)
   want = _ema_pytorch_reference(online, 3, 7, cfg.decay)
-  ema = jnp.zeros(())
+  rule = ema.from_config(cfg)
+  assert isinstance(rule, ema.EmaPytorch)
+  avg = jnp.zeros(())
   got = []
   for s, p in enumerate(online):
-    ema = train.ema_update(cfg, jnp.int32(s), ema, jnp.float32(p))
-    got.append(float(ema))
+    avg = rule.update(jnp.int32(s), avg, jnp.float32(p))
+    got.append(float(avg))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_learning_rate_is_torch_cosine_annealing():
   config = get_config("lolv1")
   config.num_train_steps = 100
-  sched = train.learning_rate_schedule(config)
+  sched = optim.learning_rate_schedule(config)
   lr0, eta = 1e-4, 1e-6
   for k in (0, 1, 50, 99, 100):
     want = eta + (lr0 - eta) * (1 + math.cos(math.pi * k / 100)) / 2
@@ -118,7 +118,7 @@ def test_learning_rate_is_torch_cosine_annealing():
 
 def test_optimizer_is_adamw_with_released_betas():
   config = get_config("lolv1")
-  tx = train.make_optimizer(config)
+  tx = optim.make_optimizer(config)
   params = {"w": jnp.ones(3)}
   state = tx.init(params)
   adam = [s for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
@@ -138,16 +138,16 @@ def _demo_config(tfds_dir, steps=6):
   return config
 
 
-def _final_params(workdir):
-  params, _, step = train.load_params_from_workdir(workdir, ema=False)
-  return params, step
+def _final_params(workdir, ema=False):
+  state, method, _, step = state_lib.restore_from_workdir(workdir)
+  return (state.export_params(method) if ema else state.params), step
 
 
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted(tfds_dir, tmp_path):
-  from lliejax.data import pipeline
+  from lliejax.data import registry
 
-  pipeline.prepare("lliejax_demo", data_dir=tfds_dir)
+  registry.prepare("lliejax_demo", data_dir=tfds_dir)
   config = _demo_config(tfds_dir)
   train.train_and_evaluate(config, str(tmp_path / "a"))
   train.train_and_evaluate(config, str(tmp_path / "b"), stop_at=3)
@@ -159,23 +159,22 @@ def test_resume_after_interruption_equals_uninterrupted(tfds_dir, tmp_path):
   assert sa == sb == 6
   for a, b in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
     np.testing.assert_array_equal(a, b)
-  ea, _ = train.load_params_from_workdir(str(tmp_path / "a"))[0], None
-  eb = train.load_params_from_workdir(str(tmp_path / "b"))[0]
+  ea, eb = _final_params(str(tmp_path / "a"), ema=True)[0], _final_params(str(tmp_path / "b"), ema=True)[0]
   for a, b in zip(jax.tree_util.tree_leaves(ea), jax.tree_util.tree_leaves(eb)):
     np.testing.assert_array_equal(a, b)
   # The export holds the EMA params for inference.
-  from lliejax.checkpoint import load_exported
-  exported, info = load_exported(str(tmp_path / "a" / "export"))
-  assert info["step"] == 6 and info["model"]["width"] == 8
-  for a, b in zip(jax.tree_util.tree_leaves(exported), jax.tree_util.tree_leaves(ea)):
+  exported = checkpoint.load_export(str(tmp_path / "a" / "export"))
+  assert exported.info["step"] == 6 and exported.method == "entropy_sde" and exported.config.model.width == 8
+  assert exported.config.to_dict() == checkpoint.to_plain(config)
+  for a, b in zip(jax.tree_util.tree_leaves(exported.params), jax.tree_util.tree_leaves(ea)):
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
-  from lliejax.data import pipeline
+  from lliejax.data import registry
 
-  pipeline.prepare("lliejax_demo", data_dir=tfds_dir)
+  registry.prepare("lliejax_demo", data_dir=tfds_dir)
   workdir = str(tmp_path / "run")
   config = _demo_config(tfds_dir, steps=3)
   train.train_and_evaluate(config, workdir)
@@ -193,11 +192,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
 
 def test_workdir_with_other_architecture_is_refused(tmp_path):
   config = get_config("tiny")
-  train.save_config(str(tmp_path), config)
+  sections = methods.build(config).architecture_sections
+  checkpoint.save_config(str(tmp_path), config, architecture_sections=sections)
   other = get_config("tiny")
   other.model.width = 16
   with pytest.raises(ValueError, match="different config.model"):
-    train.save_config(str(tmp_path), other)
+    checkpoint.save_config(str(tmp_path), other, architecture_sections=sections)
+  other = get_config("tiny")
+  other.sde.T = 9
+  with pytest.raises(ValueError, match="different config.sde"):
+    checkpoint.save_config(str(tmp_path), other, architecture_sections=sections)
 
 
 def test_batch_not_divisible_by_devices():
@@ -214,12 +218,12 @@ def test_entropy_objectives_train(kind):
   if kind == "cross":
     config.loss.eps = 1e-10
   mesh = parallel.make_mesh(jax.devices()[:1])
-  _, _, state, step = _setup(config, mesh)
+  _, state, step = _setup(config, mesh)
   batch = parallel.global_batch(_batch(size=16), mesh)
   for _ in range(2):
     state, m = step(state, batch, jax.random.key(3))
     assert bool(m["finite"]) and float(m["loss"]) > 0 and float(m["grad_norm"]) > 0
-  loss_fn = train.losses_lib.get_loss_fn(config.loss)
+  loss_fn = losses.get(config.loss)
   x = jnp.asarray(_batch(size=16)["gt"])
   y = jnp.clip(x * 0.9 + 0.05, 0, 1)
   a, b = float(loss_fn(x, y, jax.random.key(0))), float(loss_fn(x, y, jax.random.key(1)))

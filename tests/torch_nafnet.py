@@ -128,6 +128,6 @@ class TorchConditionalNAFNet(nn.Module):
 
 def randomise_(model: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
   """Give ``beta``/``gamma``/``g`` non-default values so every path contributes to the output."""
-  from lliejax.crosscheck import randomise_norm_params  # pylint: disable=import-outside-toplevel
+  from lliejax.interop.crosscheck import randomise_norm_params  # pylint: disable=import-outside-toplevel
   randomise_norm_params(model, seed, scale)
   return model

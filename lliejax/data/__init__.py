@@ -1,22 +1,21 @@
 """Datasets and input pipeline of lliejax (TFDS array_record + grain; TensorFlow is never needed).
 
-Datasets (:data:`DATASETS`): ``lliejax_demo`` (offline, synthesised from scikit-image photos, see
-:mod:`lliejax.data.demo`), ``lol_v1``, ``lol_v2_real``, ``lol_v2_synthetic`` (from a ``manual_dir`` holding the
-extracted official images, see :mod:`lliejax.data.lol`). Each example has ``lq``/``gt`` uint8 RGB images and a
-``name``; every dataset has ``train`` and ``test`` splits.
+* :mod:`~lliejax.data.image_io`: image files (the one extension list, listing, decoding, PNG writing);
+* :mod:`~lliejax.data.registry`: dataset names -> TFDS builders (:mod:`~lliejax.data.demo`, :mod:`~lliejax.data.lol`);
+* :mod:`~lliejax.data.source`: reading a split (``config.data`` settings, records, evaluation images);
+* :mod:`~lliejax.data.augment`: paired augmentation policies (``config.data.augment``);
+* :mod:`~lliejax.data.pipeline`: batching (the process-count-invariant training stream).
 
-The ``config.data`` section consumed by :func:`train_iterator` / :func:`eval_iterator` (missing keys take these
-defaults): ``name`` ('lliejax_demo'), ``data_dir`` ('~/tensorflow_datasets'), ``manual_dir`` (None),
-``patch_size`` (128), ``resize_prob`` (0.2), ``resize_scale`` (0.8), ``flip`` (True), ``transpose`` (True),
-``worker_count`` (0: no grain worker processes), ``eval_split`` ('test'), ``eval_max_images`` (None), and the
-optional ``read_threads`` (2) / ``prefetch`` (4 batches) of the grain reader.
+Each example has ``lq``/``gt`` uint8 RGB images and a ``name``; every dataset has ``train`` and ``test`` splits.
 """
+from lliejax.data.augment import paired_augment
 from lliejax.data.demo import build_demo, darken
 from lliejax.data.lol import LolV1, LolV2Real, LolV2Synthetic
-from lliejax.data.pipeline import (DATASETS, eval_iterator, get_builder, num_examples, paired_augment,
-                                   prepare, prepare_from_config, train_dataset, train_iterator)
+from lliejax.data.pipeline import train_dataset, train_iterator
+from lliejax.data.registry import get_builder, names, prepare
+from lliejax.data.source import eval_items, num_examples, prepare_from_config
 
 __all__ = [
-    "DATASETS", "LolV1", "LolV2Real", "LolV2Synthetic", "build_demo", "darken", "eval_iterator", "get_builder",
+    "LolV1", "LolV2Real", "LolV2Synthetic", "build_demo", "darken", "eval_items", "get_builder", "names",
     "num_examples", "paired_augment", "prepare", "prepare_from_config", "train_dataset", "train_iterator",
 ]

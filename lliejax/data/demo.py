@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from lliejax.data import common
+from lliejax.data import common, image_io
 
 TRAIN_PHOTOS = ("astronaut", "immunohistochemistry", "hubble_deep_field", "retina", "motorcycle_left",
                 "motorcycle_right")
@@ -169,7 +169,7 @@ class LliejaxDemo(common.LocalCodePath, tfds.core.GeneratorBasedBuilder):
       gt = downscale(load_photo(name), cfg.max_side)
       rng = np.random.default_rng([cfg.seed, zlib.crc32(name.encode())])
       lq = darken(gt, rng)
-      yield name, {"lq": common.encode_png(lq), "gt": common.encode_png(gt), "name": name}
+      yield name, {"lq": image_io.encode_png(lq), "gt": image_io.encode_png(gt), "name": name}
 
 
 def demo_builder(data_dir: str | os.PathLike[str], *, max_side: int | None = DEFAULT_MAX_SIDE,

@@ -1,7 +1,7 @@
 """TFDS builders for the LOL low-light benchmarks, read from a user-supplied ``manual_dir``.
 
 The images are not downloaded: place the official archives, extracted, in a folder and pass it as
-``manual_dir`` (see :func:`lliejax.data.pipeline.prepare`). Expected layouts (folder names are matched
+``manual_dir`` (see :func:`lliejax.data.registry.prepare`). Expected layouts (folder names are matched
 case-insensitively; image files may be PNG, JPEG, BMP or TIFF):
 
 ``lol_v1`` (LOL, Wei et al. BMVC 2018), ``manual_dir`` is the folder holding ``our485`` and ``eval15``
@@ -23,8 +23,9 @@ Pairs are generated in the order of the sorted low-light file names, as in the o
 counts, ids that do not match one to one, or pairs of different image sizes raise ``ValueError`` naming the
 folders/files. The example ``name`` is the stem of the low-light file.
 
-Pixels are stored losslessly: 8-bit RGB PNG files are copied byte for byte, everything else is decoded with PIL,
-converted to RGB and re-encoded as PNG.
+Pixels are stored as 8-bit RGB PNG: 8-bit RGB PNG files are copied byte for byte, everything else is read by
+:func:`lliejax.data.image_io.read_image_uint8` (gray replicated, alpha dropped, EXIF orientation applied, 16-bit
+rounded to 8 bits) and re-encoded.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from typing import Iterator
 
 import tensorflow_datasets as tfds
 
-from lliejax.data import common
+from lliejax.data import common, image_io
 
 _log = logging.getLogger(__name__)
 
@@ -53,14 +54,6 @@ def child_dir(parent: str, name: str) -> str:
   return exact
 
 
-def list_images(folder: str) -> list[str]:
-  """Image files directly inside ``folder``, sorted by file name like the official code (hidden files skipped)."""
-  files = [f for f in os.listdir(folder)
-           if not f.startswith(".") and os.path.splitext(f)[1].lower() in common.IMAGE_EXTENSIONS
-           and os.path.isfile(os.path.join(folder, f))]
-  return [os.path.join(folder, f) for f in sorted(files)]
-
-
 def pair_files(low_dir: str, high_dir: str, *, dataset: str) -> list[tuple[str, str, str]]:
   """Pairs the images of ``low_dir`` with those of ``high_dir``; returns ``(lq_path, gt_path, name)`` tuples.
 
@@ -71,10 +64,13 @@ def pair_files(low_dir: str, high_dir: str, *, dataset: str) -> list[tuple[str, 
   for d in (low_dir, high_dir):
     if not os.path.isdir(d):
       raise ValueError(f"{dataset}: expected folder {d} does not exist")
-  lows, highs = list_images(low_dir), list_images(high_dir)
-  if not lows or not highs:
-    empty = low_dir if not lows else high_dir
-    raise ValueError(f"{dataset}: no image files ({', '.join(common.IMAGE_EXTENSIONS)}) in {empty}")
+  def listing(folder):
+    try:
+      return [str(p) for p in image_io.list_images(folder)]
+    except FileNotFoundError as e:
+      raise ValueError(f"{dataset}: {e.strerror}") from e
+
+  lows, highs = listing(low_dir), listing(high_dir)
   if len(lows) != len(highs):
     raise ValueError(f"{dataset}: {low_dir} holds {len(lows)} images but {high_dir} holds {len(highs)}; "
                      "the low-light and reference folders must contain the same pairs")
@@ -201,8 +197,11 @@ class PairedFolderBuilder(common.LocalCodePath, tfds.core.GeneratorBasedBuilder,
 
   def _generate_examples(self, pairs: list[tuple[str, str, str]]) -> Iterator[tuple[str, dict]]:
     for lq_path, gt_path, name in pairs:
-      lq, lq_png = common.load_image_file(lq_path)
-      gt, gt_png = common.load_image_file(gt_path)
+      lq, lq_png, lq_notes = image_io.read_image_uint8(lq_path)
+      gt, gt_png, gt_notes = image_io.read_image_uint8(gt_path)
+      for path, notes in ((lq_path, lq_notes), (gt_path, gt_notes)):
+        if notes:
+          _log.info("%s: %s", path, "; ".join(notes))
       if lq.shape != gt.shape:
         raise ValueError(f"{self.name}: paired images differ in size: {lq_path} is {lq.shape[:2]} but "
                          f"{gt_path} is {gt.shape[:2]}")

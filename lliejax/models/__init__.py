@@ -1,0 +1,6 @@
+"""flax.linen networks, NHWC, with parameter names that map by rule to the official PyTorch keys.
+
+* :mod:`~lliejax.models.layers`: PyTorch-initialised convolutions in their fastest forms, embeddings, the XLA:CPU
+  fusion barrier;
+* :mod:`~lliejax.models.nafnet`: ConditionalNAFNet (Refusion / Entropy-SDE).
+"""

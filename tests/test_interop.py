@@ -1,4 +1,4 @@
-"""PyTorch interop: official ConditionalNAFNet state_dict <-> lliejax params, the CLI, crosscheck machinery."""
+"""PyTorch interop: checkpoint files, the ConditionalNAFNet key map, the convert CLI, the crosscheck machinery."""
 import collections
 import os
 import subprocess
@@ -12,7 +12,9 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from lliejax import checkpoint, convert, crosscheck  # noqa: E402
+from lliejax import checkpoint, cli  # noqa: E402
+from lliejax.interop import crosscheck, keymap, torch_io  # noqa: E402
+from lliejax.interop.nafnet import KEYMAP  # noqa: E402
 from lliejax.models.nafnet import ConditionalNAFNet  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -50,16 +52,16 @@ def test_spec_matches_flax_and_torch(cfg):
   m = flax_model(cfg)
   shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 8, 8, cfg["img_channel"])),
                                          jnp.zeros((1, 8, 8, cfg["img_channel"])), jnp.ones((1,))))["params"]
-  flat = {k: v.shape for k, v in convert._flatten(shapes).items()}  # pylint: disable=protected-access
-  assert flat == convert.expected_param_shapes(cfg)
+  flat = {k: v.shape for k, v in keymap.flatten(shapes).items()}
+  assert flat == KEYMAP.param_shapes(cfg)
   sd = TorchConditionalNAFNet(**cfg).state_dict()
-  assert [(k, tuple(v.shape)) for k, v in sd.items()] == list(convert.expected_state_dict_shapes(cfg).items())
-  assert convert.infer_model_config(sd) == convert.model_config_dict(cfg)
+  assert [(k, tuple(v.shape)) for k, v in sd.items()] == list(KEYMAP.state_dict_shapes(cfg).items())
+  assert KEYMAP.infer_state_dict(sd) == KEYMAP.arch(cfg)
 
 
 def test_full_lowlight_spec():
   from lliejax.configs.entropy_sde import get_config
-  shapes = convert.expected_state_dict_shapes(get_config("lolv1").model)
+  shapes = KEYMAP.state_dict_shapes(get_config("lolv1").model)
   assert len(shapes) == 707
   assert sum(int(np.prod(s)) for s in shapes.values()) == 287_965_571
   assert shapes["encoders.4.27.conv2.weight"] == (2048, 1, 3, 3)
@@ -71,7 +73,7 @@ def test_full_lowlight_spec():
 @pytest.mark.parametrize("hw", [(32, 32), (37, 53)])
 def test_forward_matches_torch(small, hw):
   net, sd = small
-  params = convert.state_dict_to_params(sd, SMALL)
+  params = KEYMAP.import_state_dict(sd, SMALL).params
   assert params["encoders_1_1"]["conv2"]["kernel"].shape == (3, 3, 1, 32)  # depthwise, 2 * 16 channels
   apply = jax.jit(lambda p, x, mu, t: flax_model(SMALL).apply({"params": p}, x, mu, t))
   rng = np.random.default_rng(1)
@@ -95,8 +97,8 @@ def test_crosscheck_nafnet_machinery_with_restatement():
 
 def test_round_trip_bitwise(small, tmp_path):
   _, sd = small
-  params = convert.state_dict_to_params(sd)  # architecture inferred
-  back = convert.params_to_state_dict(params)
+  params = KEYMAP.import_state_dict(sd).params  # architecture inferred
+  back = KEYMAP.export_params(params)
   assert list(back) == list(sd)
   for k in sd:
     assert back[k].dtype == np.float32 and back[k].shape == sd[k].shape
@@ -104,19 +106,19 @@ def test_round_trip_bitwise(small, tmp_path):
   # Flax -> .pth -> Flax is bitwise too (random params in the lliejax layout, as jax arrays).
   rng = np.random.default_rng(3)
   p0 = {}
-  for path, shape in convert.expected_param_shapes(SMALL).items():
+  for path, shape in KEYMAP.param_shapes(SMALL).items():
     node = p0
     for name in path[:-1]:
       node = node.setdefault(name, {})
     node[path[-1]] = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
-  path = convert.save_torch_state_dict(convert.params_to_state_dict(p0), str(tmp_path / "x.pth"))
-  p1 = convert.load_torch_checkpoint(path, SMALL).params
+  path = torch_io.save_state_dict(KEYMAP.export_params(p0), str(tmp_path / "x.pth"))
+  p1 = KEYMAP.import_state_dict(torch_io.load_state_dict(path), SMALL).params
   for a, b in zip(jax.tree_util.tree_leaves(p0), jax.tree_util.tree_leaves(p1)):
     assert np.array_equal(np.asarray(a), b)
   assert jax.tree_util.tree_structure(jax.tree_util.tree_map(np.asarray, p0)) == \
       jax.tree_util.tree_structure(p1)
   # as_torch values load strictly into the PyTorch module.
-  TorchConditionalNAFNet(**SMALL).load_state_dict(convert.params_to_state_dict(p0, as_torch=True), strict=True)
+  TorchConditionalNAFNet(**SMALL).load_state_dict(KEYMAP.export_params(p0, as_torch=True), strict=True)
 
 
 def test_module_prefix_and_dtypes(small, tmp_path):
@@ -126,7 +128,8 @@ def test_module_prefix_and_dtypes(small, tmp_path):
   wrapped["module.ending.bias"] = wrapped["module.ending.bias"].to(torch.bfloat16)
   wrapped["module.time_mlp.1.weight"] = wrapped["module.time_mlp.1.weight"].double()
   torch.save(wrapped, tmp_path / "dp.pth")
-  res = convert.load_torch_checkpoint(str(tmp_path / "dp.pth"), SMALL)
+  res = KEYMAP.import_state_dict(torch_io.load_state_dict(str(tmp_path / "dp.pth")), SMALL)
+  assert res.arch == KEYMAP.arch(SMALL)
   assert res.dtype_changes == {"intro.weight": "float16", "ending.bias": "bfloat16",
                                "time_mlp.1.weight": "float64"}
   assert all(a.dtype == np.float32 for a in jax.tree_util.tree_leaves(res.params))
@@ -134,14 +137,15 @@ def test_module_prefix_and_dtypes(small, tmp_path):
   assert res.num_params == sum(v.size for v in sd.values())
   # Common containers of a plain state_dict are unwrapped.
   torch.save({"state_dict": net.state_dict(), "iter": 5}, tmp_path / "wrapped.pth")
-  assert "intro.weight" in convert.load_torch_state_dict(str(tmp_path / "wrapped.pth"))
+  assert "intro.weight" in torch_io.load_state_dict(str(tmp_path / "wrapped.pth"))
   # ema_pytorch EMA states: select with key_prefix.
   torch.save({**{"ema_model." + k: v for k, v in net.state_dict().items()},
               **{"online_model." + k: v for k, v in net.state_dict().items()},
               "initted": torch.tensor(True), "step": torch.tensor(7)}, tmp_path / "ema.pth")
-  with pytest.raises(convert.StateDictMismatchError, match="key_prefix='ema_model.'"):
-    convert.load_torch_checkpoint(str(tmp_path / "ema.pth"))
-  convert.load_torch_checkpoint(str(tmp_path / "ema.pth"), key_prefix="ema_model.")
+  with pytest.raises(keymap.StateDictMismatchError, match="key_prefix='ema_model.'"):
+    KEYMAP.import_state_dict(torch_io.load_state_dict(str(tmp_path / "ema.pth")))
+  ema = KEYMAP.import_state_dict(torch_io.load_state_dict(str(tmp_path / "ema.pth"), key_prefix="ema_model."))
+  np.testing.assert_array_equal(ema.params["intro"]["kernel"], sd["intro.weight"].transpose(2, 3, 1, 0))
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -152,8 +156,8 @@ def test_mismatch_lists_everything(small):
   bad["extra.weight"] = np.zeros(3, np.float32)
   bad["middle_blks.0.beta"] = np.zeros((1, 7, 1, 1), np.float32)
   bad["intro.bias"] = np.zeros(8, np.int64)
-  with pytest.raises(convert.StateDictMismatchError) as e:
-    convert.state_dict_to_params(bad, SMALL)
+  with pytest.raises(keymap.StateDictMismatchError) as e:
+    KEYMAP.import_state_dict(bad, SMALL).params
   err = e.value
   assert err.missing == ["encoders.1.1.conv3.bias", "ups.0.0.weight"]
   assert err.unexpected == ["extra.weight"]
@@ -166,16 +170,16 @@ def test_mismatch_lists_everything(small):
 
 def test_wrong_architecture(small):
   _, sd = small
-  with pytest.raises(convert.StateDictMismatchError, match=r"the state_dict looks like: .*width=8") as e:
-    convert.state_dict_to_params(sd, dict(SMALL, width=16))
+  with pytest.raises(keymap.StateDictMismatchError, match=r"the state_dict looks like: .*width=8") as e:
+    KEYMAP.import_state_dict(sd, dict(SMALL, width=16))
   assert len(e.value.mismatched) > 10
-  with pytest.raises(convert.StateDictMismatchError, match="missing keys") as e:
-    convert.state_dict_to_params(sd, dict(SMALL, enc_blk_nums=[1, 3, 1]))
+  with pytest.raises(keymap.StateDictMismatchError, match="missing keys") as e:
+    KEYMAP.import_state_dict(sd, dict(SMALL, enc_blk_nums=[1, 3, 1]))
   assert e.value.missing and not e.value.mismatched
-  with pytest.raises(convert.StateDictMismatchError, match="not a ConditionalNAFNet"):
-    convert.infer_model_config({"conv.weight": np.zeros((1, 1, 1, 1))})
-  with pytest.raises(convert.StateDictMismatchError, match="unexpected"):
-    convert.params_to_state_dict({**convert.state_dict_to_params(sd), "junk": {"kernel": np.zeros(1)}}, SMALL)
+  with pytest.raises(keymap.StateDictMismatchError, match="not a ConditionalNAFNet"):
+    KEYMAP.infer_state_dict({"conv.weight": np.zeros((1, 1, 1, 1))})
+  with pytest.raises(keymap.StateDictMismatchError, match="unexpected"):
+    KEYMAP.export_params({**KEYMAP.import_state_dict(sd).params, "junk": {"kernel": np.zeros(1)}}, SMALL)
 
 
 class NotTensors:  # a picklable arbitrary object
@@ -204,8 +208,8 @@ def test_bad_files(tmp_path, kind, small):
     torch.save([torch.zeros(2)], path)
   elif kind == "empty_dict":
     torch.save({}, path)
-  with pytest.raises(convert.CheckpointFormatError) as e:
-    convert.load_torch_state_dict(str(path))
+  with pytest.raises(torch_io.CheckpointFormatError) as e:
+    torch_io.load_state_dict(str(path))
   assert str(path) in str(e.value)
   if kind == "object":
     assert "weights_only" in str(e.value)
@@ -217,7 +221,7 @@ def test_legacy_format_without_mmap(tmp_path, small):
   torch.save(net.state_dict(), tmp_path / "zip.pth")
   for name in ("legacy.pth", "zip.pth"):
     for mmap in (False, True):
-      out = convert.load_torch_state_dict(str(tmp_path / name), mmap=mmap)
+      out = torch_io.load_state_dict(str(tmp_path / name), mmap=mmap)
       np.testing.assert_array_equal(out["intro.weight"].numpy(), sd["intro.weight"])
 
 
@@ -229,40 +233,102 @@ def test_cli_convert_and_back(tmp_path, capsys):
   torch.save({k: (v.half() if k == "intro.bias" else v) for k, v in net.state_dict().items()}, pth)
   out = tmp_path / "export"
   cfg = os.path.join(REPO, "configs", "entropy_sde.py") + ":tiny"
-  assert convert.run([str(pth), str(out), "--config", cfg]) == 0
+  assert cli.main(["convert", str(pth), str(out), "--config", cfg]) == 0
   text = capsys.readouterr().out
   assert f"{sum(v.size for v in sd.values()):,} parameters" in text
   assert "1 float16" in text
-  params, info = checkpoint.load_exported(str(out))
-  assert info["model"]["width"] == 8 and info["sde"]["T"] == 8 and info["source"] == str(pth)
+  exported = checkpoint.load_export(str(out))
+  params = exported.params
+  assert exported.method == "entropy_sde" and exported.info["source"] == str(pth)
+  assert exported.config.model.width == 8 and exported.config.sde.T == 8
   np.testing.assert_array_equal(params["encoders_0_0"]["conv2"]["kernel"],
                                 sd["encoders.0.0.conv2.weight"].transpose(2, 3, 1, 0))
   # Refuses to overwrite, then overwrites with --overwrite (architecture inferred, packaged default config).
-  assert convert.run([str(pth), str(out), "--config", cfg]) == 1
+  assert cli.main(["convert", str(pth), str(out), "--config", cfg]) == 1
   assert "already exists" in capsys.readouterr().err
-  assert convert.run([str(pth), str(out), "--overwrite"]) == 0
+  assert cli.main(["convert", str(pth), str(out), "--overwrite"]) == 0
   assert "architecture inferred" in capsys.readouterr().out
   # Back to PyTorch.
   back = tmp_path / "back.pth"
-  assert convert.run(["--to-torch", str(out), str(back)]) == 0
+  assert cli.main(["convert", "--to-torch", str(out), str(back)]) == 0
   sd2 = torch.load(back, weights_only=True)
   assert list(sd2) == list(sd)
   for k, v in sd.items():
     ref = v.astype(np.float16).astype(np.float32) if k == "intro.bias" else v
     assert np.array_equal(sd2[k].numpy(), ref), k
-  assert convert.run(["--to-torch", str(out), str(back)]) == 1
+  assert cli.main(["convert", "--to-torch", str(out), str(back)]) == 1
   assert "already exists" in capsys.readouterr().err
-  assert convert.run(["--to-torch", str(out), str(back), "--overwrite"]) == 0
+  assert cli.main(["convert", "--to-torch", str(out), str(back), "--overwrite"]) == 0
   # Wrong architecture from the config: one clear error, non-zero exit, nothing written.
-  assert convert.run([str(pth), str(tmp_path / "e2"), "--config", "entropy_sde:demo"]) == 1
+  assert cli.main(["convert", str(pth), str(tmp_path / "e2"), "--config", "entropy_sde:demo"]) == 1
   err = capsys.readouterr().err
   assert "missing keys" in err and "the state_dict looks like" in err and not (tmp_path / "e2").exists()
-  assert convert.run([str(out), str(tmp_path / "e3")]) == 1
+  assert cli.main(["convert", str(out), str(tmp_path / "e3")]) == 1
   assert "--to-torch" in capsys.readouterr().err
 
 
+def test_converted_export_enhances_like_the_params(tmp_path, small):
+  """``lliejax enhance --checkpoint EXPORT`` needs nothing but the export: same output as the method on the params."""
+  import jax
+  from lliejax import inference, methods
+  from lliejax.configs.entropy_sde import get_config
+  net = torch_model(TINY_CFG, seed=2)
+  torch.save(net.state_dict(), tmp_path / "t.pth")
+  cfg = os.path.join(REPO, "configs", "entropy_sde.py") + ":tiny"
+  assert cli.main(["convert", str(tmp_path / "t.pth"), str(tmp_path / "exp"), "--config", cfg]) == 0
+  enhancer = inference.load(str(tmp_path / "exp"))
+  image = np.random.default_rng(0).random((9, 14, 3)).astype(np.float32) * 0.3
+  got = enhancer.enhance(image, jax.random.key(1))
+  method = methods.build(get_config("tiny"))
+  params = KEYMAP.import_state_dict(numpy_sd(net)).params
+  want = jax.jit(lambda p, x: method.sample(p, {}, x, jax.random.key(1)))(params, image[None])[0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _Hparams(dict):
+  """Stands for Lightning's AttributeDict / omegaconf configs pickled into a .ckpt."""
+
+
+class _Malicious:
+  """Unpickling this would run a shell command: a .ckpt reader must not."""
+
+  def __reduce__(self):
+    return (os.system, ("touch /tmp/lliejax-pwned",))
+
+
+def test_lightning_ckpt_state_dict_without_executing_objects(tmp_path, small):
+  net, sd = small
+  ckpt = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "1.9.0",
+          "state_dict": {"model." + k: v for k, v in net.state_dict().items()},
+          "hyper_parameters": _Hparams(lr=1e-4, nested=_Hparams(a=[1, 2])), "callbacks": {"x": _Malicious()},
+          "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4}]}]}
+  torch.save(ckpt, tmp_path / "last.ckpt")
+  if os.path.exists("/tmp/lliejax-pwned"):
+    os.remove("/tmp/lliejax-pwned")
+  # weights_only loading refuses the file; the Lightning reader takes the state_dict and leaves the rest inert.
+  with pytest.raises(torch_io.CheckpointFormatError, match="objects other than tensors"):
+    torch_io.load_state_dict(str(tmp_path / "last.ckpt"))
+  whole = torch_io.load_lightning_checkpoint(str(tmp_path / "last.ckpt"))
+  assert not os.path.exists("/tmp/lliejax-pwned")
+  assert whole["global_step"] == 120 and isinstance(whole["hyper_parameters"], torch_io.Opaque)
+  assert "_Hparams" in whole["hyper_parameters"].cls_name and whole["hyper_parameters"]["lr"] == 1e-4
+  got = torch_io.load_checkpoint_state_dict(str(tmp_path / "last.ckpt"), key_prefix="model.")
+  assert list(got) == list(sd)
+  for k in sd:
+    np.testing.assert_array_equal(got[k].numpy(), sd[k])
+  params = KEYMAP.import_state_dict(got).params
+  np.testing.assert_array_equal(params["intro"]["kernel"], sd["intro.weight"].transpose(2, 3, 1, 0))
+  torch.save({"epoch": 1}, tmp_path / "nostate.ckpt")
+  with pytest.raises(torch_io.CheckpointFormatError, match="without a 'state_dict'"):
+    torch_io.load_checkpoint_state_dict(str(tmp_path / "nostate.ckpt"))
+  (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint" * 10)
+  with pytest.raises(torch_io.CheckpointFormatError, match="junk.ckpt"):
+    torch_io.load_lightning_checkpoint(str(tmp_path / "junk.ckpt"))
+
+
 def test_torch_imported_lazily():
-  code = ("import sys, lliejax.convert, lliejax.crosscheck, lliejax.sde, lliejax.checkpoint;"
+  code = ("import sys, lliejax.cli, lliejax.interop.convert, lliejax.interop.crosscheck, lliejax.interop.torch_io, "
+          "lliejax.diffusion.irsde, lliejax.checkpoint, lliejax.inference;"
           "assert 'torch' not in sys.modules, 'torch imported'")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
@@ -296,7 +362,7 @@ def test_find_official_files_layouts(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="no DenoisingNAFNet_arch.py"):
     crosscheck.find_official_files(str(tmp_path / "empty"))
-  assert crosscheck.run(["--official", str(tmp_path / "nowhere")]) == 2
+  assert cli.main(["crosscheck", "--official", str(tmp_path / "nowhere")]) == 2
 
 
 def test_compare_and_table():

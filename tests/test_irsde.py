@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lliejax import sde as sde_lib
+from lliejax.diffusion import irsde as sde_lib
 
 # schedule: dt, theta_0, theta_1, theta_50, theta_100, thetas_cumsum[100], sigma_bar_1, _50, _100, sigma_50
 CHECK = {

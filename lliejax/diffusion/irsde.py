@@ -1,9 +1,9 @@
 """The mean-reverting SDE of IR-SDE / Refusion (the diffusion core of Entropy-SDE).
 
 Continuous model: ``dx = theta_t (mu - x) dt + sigma_t dw`` with ``sigma_t**2 / theta_t = 2 lambda**2``,
-where ``mu`` is the low-light image and ``lambda = max_sigma``. Everything here follows the official
-``IRSDE`` class (``codes/utils/sde_utils.py``) exactly, including its index conventions (see
-REFERENCE.md section 1.2):
+where ``mu`` is the low-light image and ``lambda = max_sigma``. Everything here follows the official ``IRSDE``
+class of ``codes/utils/sde_utils.py`` (shermanlian/spatial-entropy-loss, identical in
+Algolzw/image-restoration-sde) exactly, including its index conventions:
 
 * there are ``T + 1`` table entries ``theta_0 .. theta_T``; timesteps ``t in {1..T}`` are used for training
   and sampling, index 0 is the clean end;
@@ -87,12 +87,15 @@ class IRSDE:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim)) if v.ndim else v
 
   def theta(self, t, ndim: int = 4):
+    """``IRSDE.theta``: ``theta_t``."""
     return self._gather(self.thetas, t, ndim)
 
   def sigma(self, t, ndim: int = 4):
+    """``IRSDE.sigma``: ``sigma_t = sqrt(2 lambda^2 theta_t)``."""
     return self._gather(self.sigmas, t, ndim)
 
   def sigma_bar(self, t, ndim: int = 4):
+    """``IRSDE.sigma_bar``: the marginal std ``lambda sqrt(1 - exp(-2 thetas_cumsum[t] dt))``."""
     return self._gather(self.sigma_bars, t, ndim)
 
   def mean_weight(self, t, ndim: int = 4):
@@ -101,11 +104,11 @@ class IRSDE:
 
   # ------------------------------------------------------------ forward process
   def mu_bar(self, x0, mu, t):
-    """Forward marginal mean ``mu + (x0 - mu) exp(-thetas_cumsum[t] dt)``."""
+    """``IRSDE.mu_bar``: the forward marginal mean ``mu + (x0 - mu) exp(-thetas_cumsum[t] dt)``."""
     return mu + (x0 - mu) * self.mean_weight(t, x0.ndim)
 
   def forward_sample(self, x0, mu, t, noise):
-    """``x_t = mu_bar(x0) + sigma_bar_t * noise`` (REFERENCE 1.3)."""
+    """``x_t = mu_bar(x0) + sigma_bar_t * noise``: ``IRSDE.generate_random_states`` with given noise."""
     return (noise * self.sigma_bar(t, x0.ndim) + self.mu_bar(x0, mu, t)).astype(jnp.float32)
 
   def sample_timesteps(self, key, batch: int) -> jax.Array:
@@ -113,30 +116,34 @@ class IRSDE:
     return jax.random.randint(key, (batch,), 1, self.T + 1, dtype=jnp.int32)
 
   def score_from_noise(self, noise, t):
+    """``IRSDE.get_score_from_noise``: ``-noise / sigma_bar_t``."""
     return -noise / self.sigma_bar(t, noise.ndim)
 
   def noise_from_state(self, xt, x0, mu, t):
-    """The true noise of ``x_t`` given ``x0`` (``get_real_noise``)."""
+    """``IRSDE.get_real_noise``: the true noise of ``x_t`` given ``x0``."""
     return (xt - self.mu_bar(x0, mu, t)) / self.sigma_bar(t, xt.ndim)
 
   # ------------------------------------------------------------ reverse steps
   def sde_reverse_drift(self, x, mu, score, t):
+    """``IRSDE.sde_reverse_drift``: ``(theta_t (mu - x) - sigma_t^2 score) dt``."""
     nd = x.ndim
     return (self.theta(t, nd) * (mu - x) - self.sigma(t, nd) ** 2 * score) * _f32(self.dt)
 
   def ode_reverse_drift(self, x, mu, score, t):
+    """``IRSDE.ode_reverse_drift``: ``(theta_t (mu - x) - sigma_t^2 score / 2) dt``."""
     nd = x.ndim
     return (self.theta(t, nd) * (mu - x) - _f32(0.5) * self.sigma(t, nd) ** 2 * score) * _f32(self.dt)
 
   def reverse_sde_step_mean(self, x, mu, score, t):
-    """Euler step of the reverse SDE without noise: the prediction of the ML objective (REFERENCE 1.5)."""
+    """``IRSDE.reverse_sde_step_mean``: the noise-free reverse Euler step, the prediction of the ML objective."""
     return x - self.sde_reverse_drift(x, mu, score, t)
 
   def reverse_sde_step(self, x, mu, score, t, z):
-    """Euler-Maruyama step ``x - drift - sigma_t sqrt(dt) z``."""
+    """``IRSDE.reverse_sde_step``: the Euler-Maruyama step ``x - drift - sigma_t sqrt(dt) z``."""
     return x - self.sde_reverse_drift(x, mu, score, t) - self.sigma(t, x.ndim) * (z * _f32(math.sqrt(self.dt)))
 
   def reverse_ode_step(self, x, mu, score, t):
+    """``IRSDE.reverse_ode_step``: the probability-flow Euler step ``x - ode_drift``."""
     return x - self.ode_reverse_drift(x, mu, score, t)
 
   def optimum_coefficients(self, t, ndim: int = 4):
@@ -150,32 +157,39 @@ class IRSDE:
     return term1, term2
 
   def reverse_optimum_step(self, xt, x0, mu, t):
-    """Optimal ``x*_{t-1}`` given ``x_t`` and ``x0`` (``reverse_optimum_step``)."""
+    """``IRSDE.reverse_optimum_step``: the optimal ``x*_{t-1}`` given ``x_t`` and ``x0``."""
     term1, term2 = self.optimum_coefficients(t, xt.ndim)
     return term1 * (xt - mu) + term2 * (x0 - mu) + mu
 
   def posterior_std(self, t, ndim: int = 4):
+    """``IRSDE.reverse_optimum_std`` (tabulated in float32 by :func:`make_sde`)."""
     return self._gather(self.posterior_stds, t, ndim)
 
   def x0_from_noise(self, xt, noise, mu, t):
-    """``(x_t - mu - sigma_bar_t noise) exp(thetas_cumsum[t] dt) + mu`` (no clipping, as the reference)."""
+    """``IRSDE.get_init_state_from_noise``: ``(x_t - mu - sigma_bar_t noise) exp(thetas_cumsum[t] dt) + mu``.
+
+    No clipping, as the official code.
+    """
     nd = xt.ndim
     w = jnp.exp(self._gather(self.thetas_cumsum, t, nd) * _f32(self.dt))
     return (xt - mu - self.sigma_bar(t, nd) * noise) * w + mu
 
   def reverse_posterior_step(self, xt, noise, mu, t, z):
-    """Posterior step: mean of ``q(x_{t-1} | x_t, x0_hat)`` plus ``posterior_std_t * z``."""
+    """``IRSDE.reverse_posterior_step``: the mean of ``q(x_{t-1} | x_t, x0_hat)`` plus ``posterior_std_t z``."""
     x0 = self.x0_from_noise(xt, noise, mu, t)
     mean = self.reverse_optimum_step(xt, x0, mu, t)
     return mean + self.posterior_std(t, xt.ndim) * z
 
   def init_state(self, key, mu):
-    """Initial sampling state ``x_T = mu + lambda * noise`` (as the reference; ignores the 0.005 residual)."""
+    """Initial sampling state ``x_T = mu + lambda * noise``.
+
+    As ``codes/config/low-light/test.py`` (``sde.noise_state(LQ)``): the 0.005 residual of the mean is ignored.
+    """
     return mu + _f32(self.max_sigma) * jax.random.normal(key, mu.shape, mu.dtype)
 
 
 def make_sde(max_sigma: float = 50.0, T: int = 100, schedule: Schedule = "cosine", eps: float = 0.005) -> IRSDE:
-  """Build the SDE tables exactly as ``IRSDE.__init__`` (``max_sigma >= 1`` is divided by 255)."""
+  """Build the SDE tables exactly as ``IRSDE._initialize`` (``max_sigma >= 1`` is divided by 255)."""
   if T < 1:
     raise ValueError(f"sde.T must be >= 1, got {T}")
   if not 0 < eps < 1:
@@ -204,7 +218,10 @@ def make_sde_from_config(cfg) -> IRSDE:
 
 # ---------------------------------------------------------------------------------------------- training
 def ml_pair(sde: IRSDE, noise_fn: NoiseFn, x0, mu, key):
-  """Prediction and target of the maximum-likelihood objective (Refusion "MLL", REFERENCE 1.5).
+  """Prediction and target of the maximum-likelihood objective (Refusion "MLL").
+
+  As ``codes/config/low-light/models/denoising_model.py: DenoisingModel.optimize_parameters`` with the states of
+  ``IRSDE.generate_random_states``.
 
   Draws ``t ~ U{1..T}`` and ``x_t ~ q(x_t | x0, mu)``, predicts the noise, and returns
   ``(x_hat_{t-1}, x*_{t-1}, t)`` where ``x_hat_{t-1}`` is the noise-free reverse-SDE step from the score
@@ -224,6 +241,8 @@ def ml_pair(sde: IRSDE, noise_fn: NoiseFn, x0, mu, key):
 def sample(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, mode: SamplerMode = "posterior", x_init=None,
            return_intermediates: bool = False):
   """Run the reverse process from ``t = T`` down to ``1`` in one ``lax.scan`` (traceable; jit the caller).
+
+  ``IRSDE.reverse_posterior`` / ``reverse_sde`` / ``reverse_ode`` of ``codes/utils/sde_utils.py`` as one scan.
 
   Args:
     sde: the SDE tables.

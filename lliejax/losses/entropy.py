@@ -1,6 +1,9 @@
 """Differentiable spatial entropy (2-D KDE of pixel / neighbour values) and the Entropy-SDE losses.
 
-Follows the official ``kde_utils.py`` / ``loss.py`` of Entropy-SDE (REFERENCE.md sections 1.7 and 6) step by step:
+Follows the official ``codes/config/low-light/models/modules/kde_utils.py`` (``kde``, ``prepare_elements``,
+``neighbor``, ``kde_func``, ``relative_entropy``, ``cross_entropy``, ``hellinger``) and ``loss.py`` (``EntropyLoss``,
+``r_entropy_loss``, ``c_entropy_loss``, ``hellinger_loss``, ``smooth_loss``) of shermanlian/spatial-entropy-loss
+step by step:
 
 1. inputs are clamped to ``[0, 1]`` (zero gradient outside, PyTorch ``clamp`` semantics: the boundary values
    themselves pass the gradient) and multiplied by ``L - 1`` (``L = bins``);

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lliejax.models import nafnet
+from lliejax.methods import count_params
+from lliejax.models import layers, nafnet
 
 
 def _init_shapes(model, size=32):
@@ -17,7 +18,7 @@ def _init_shapes(model, size=32):
 
 def test_lowlight_parameter_count_and_names():
   params = _init_shapes(nafnet.ConditionalNAFNet())
-  assert nafnet.count_params(params) == 287_965_571
+  assert count_params(params) == 287_965_571
   assert set(params) >= {"time_mlp_1", "time_mlp_3", "intro", "ending", "encoders_4_27", "middle_blks_0",
                          "decoders_4_0", "ups_0_0", "downs_4"}
   blk = params["encoders_4_27"]
@@ -93,7 +94,7 @@ def test_time_conditioning_matters(small):
 
 
 def test_sinusoidal_embedding_values():
-  e = nafnet.sinusoidal_embedding(jnp.array([0, 7]), 64)
+  e = layers.sinusoidal_embedding(jnp.array([0, 7]), 64)
   f = np.exp(-np.arange(32) * math.log(10000) / 31)
   np.testing.assert_allclose(e[1], np.concatenate([np.sin(7 * f), np.cos(7 * f)]), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(e[0], np.concatenate([np.zeros(32), np.ones(32)]))
@@ -103,7 +104,7 @@ def test_pixel_shuffle_matches_torch_semantics():
   # torch: out[c, h*r+i, w*r+j] = in[c*r*r + i*r + j, h, w]
   c, r = 2, 2
   x = np.arange(1 * 3 * 4 * c * r * r, dtype=np.float32).reshape(1, 3, 4, c * r * r)
-  y = np.asarray(nafnet.pixel_shuffle(jnp.asarray(x), r))
+  y = np.asarray(layers.pixel_shuffle(jnp.asarray(x), r))
   for ch in range(c):
     for i in range(r):
       for j in range(r):
@@ -111,9 +112,9 @@ def test_pixel_shuffle_matches_torch_semantics():
 
 
 @pytest.mark.parametrize("module,reference", [
-    (lambda: nafnet.Conv1x1(5), lambda: nn.Conv(5, (1, 1))),
-    (lambda: nafnet.DepthwiseConv3x3(4), lambda: nn.Conv(4, (3, 3), padding=1, feature_group_count=4)),
-    (lambda: nafnet.Down2x2(8), lambda: nn.Conv(8, (2, 2), strides=2, padding="VALID")),
+    (lambda: layers.Conv1x1(5), lambda: nn.Conv(5, (1, 1))),
+    (lambda: layers.DepthwiseConv3x3(4), lambda: nn.Conv(4, (3, 3), padding=1, feature_group_count=4)),
+    (lambda: layers.Down2x2(8), lambda: nn.Conv(8, (2, 2), strides=2, padding="VALID")),
 ])
 def test_fast_conv_forms_equal_lax_convolutions(module, reference):
   """Same params, same outputs and gradients as flax's grouped/strided convolutions."""

@@ -4,9 +4,9 @@ Nothing is downloaded: point ``--official`` at a local checkout (a ``git clone``
 ``shermanlian/spatial-entropy-loss`` (Entropy-SDE) or ``Algolzw/image-restoration-sde`` (Refusion / IR-SDE)::
 
     git clone <spatial-entropy-loss> /tmp/official-sel
-    lliejax-crosscheck --official /tmp/official-sel              # small NAFNet, SDE tables/steps, KDE losses
-    lliejax-crosscheck --official /tmp/official-sel --full       # the 288M-parameter low-light NAFNet too
-    lliejax-crosscheck --official /tmp/image-restoration-sde --task deraining
+    lliejax crosscheck --official /tmp/official-sel              # small NAFNet, SDE tables/steps, KDE losses
+    lliejax crosscheck --official /tmp/official-sel --full       # the 288M-parameter low-light NAFNet too
+    lliejax crosscheck --official /tmp/image-restoration-sde --task deraining
 
 Official files imported (found by searching the checkout; ``--task`` picks ``codes/config/<task>``, default
 ``low-light`` when present, else the first task folder in sorted order):
@@ -30,13 +30,13 @@ Components compared (each row of the printed table; ``max-abs`` = max |lliejax -
 noted):
 
 * **NAFNet** (official ``ConditionalNAFNet`` built with ``torch.manual_seed(seed)``; ``beta``/``gamma``/``g``
-  randomised so every branch matters; weights imported with :func:`lliejax.convert.convert_state_dict`):
+  randomised so every branch matters; weights imported with :data:`lliejax.interop.nafnet.KEYMAP`):
   forward outputs for several input sizes (default 64x64 and 37x53: not multiples of the padding size 32) and
   timesteps (a scalar int, as the official samplers pass, and a per-sample batch of timesteps). Tolerance:
   **max-abs <= 1e-5** (float32). Plus: the official ``state_dict`` keys, order and shapes equal
-  :func:`lliejax.convert.expected_state_dict_shapes`; a Flax -> PyTorch export loads into a fresh official
+  ``KEYMAP.state_dict_shapes``; a Flax -> PyTorch export loads into a fresh official
   module with ``load_state_dict(strict=True)`` and reproduces the weights bitwise.
-* **SDE** (official ``IRSDE(max_sigma=50, T=100, schedule, eps=0.005)`` vs :func:`lliejax.sde.make_sde`) for
+* **SDE** (official ``IRSDE(max_sigma=50, T=100, schedule, eps=0.005)`` vs :func:`lliejax.diffusion.irsde.make_sde`) for
   the cosine, linear and constant schedules: tables ``thetas, sigmas, thetas_cumsum, sigma_bars, dt`` and
   ``reverse_optimum_std(1..T)`` (element-wise relative error ``|a-b|/|b|``, exact zeros must match), and the
   step functions ``mu_bar, get_score_from_noise, reverse_sde_step_mean, reverse_sde_step, reverse_ode_step,
@@ -51,11 +51,11 @@ noted):
   which numpy and torch round differently, moves it by ~3e-5 relative; both implementations are that far
   from a float64 evaluation). ``err/tol`` in the note is the worst error / tolerance (PASS iff <= 1).
 * **KDE** (Entropy-SDE checkouts): :func:`official_kde_reference` evaluates the official ``kde`` densities,
-  ``relative_entropy``, ``cross_entropy``, ``hellinger`` (its ``torch.sqrt(2)`` TypeError, REFERENCE 6.1, is
+  ``relative_entropy``, ``cross_entropy``, ``hellinger`` (its ``torch.sqrt(2)`` on a Python int, a TypeError, is
   bypassed by a proxy ``sqrt`` for this call only) and ``loss.smooth_loss`` on the cases of
-  :data:`KDE_CASES` (REFERENCE 1.7's test vector with ``w = ones``, random inputs with shared ``N(0,1)``
+  :data:`KDE_CASES` (a linear ramp against its mirror with ``w = ones``, random inputs with shared ``N(0,1)``
   neighbour weights, no weights); :func:`lliejax_kde_values` computes the same quantities with
-  :mod:`lliejax.entropy` on the same inputs (transposed to NHWC) and the same explicit 3x3 weight array:
+  :mod:`lliejax.losses.entropy` on the same inputs (transposed to NHWC) and the same explicit 3x3 weight array:
   ``kde_density`` for both densities (official layout, max-abs / max|official|), and ``spatial_entropy_loss``
   with ``kind='kl'`` (KL(P=target || Q=pred), as ``r_entropy_loss``), ``'cross'`` (P = prediction, as
   ``c_entropy_loss``), ``'hellinger'`` (P = target), ``'hellinger_smooth'`` (vs official Hellinger +
@@ -75,7 +75,6 @@ forward runs under ``jax.default_matmul_precision("highest")`` so accelerators d
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import importlib
@@ -276,7 +275,7 @@ class _Stub(types.ModuleType):
     name = self.__name__
 
     def unavailable(*args, **kwargs):
-      raise RuntimeError(f"{name}.{attr} is a lliejax-crosscheck stub: {name} is not installed and this "
+      raise RuntimeError(f"{name}.{attr} is a lliejax crosscheck stub: {name} is not installed and this "
                          "code path of the official repository is not supported by the cross-check")
 
     return unavailable
@@ -377,23 +376,23 @@ def check_nafnet(build_torch: Callable[[dict], Any], model: dict, *, sizes=DEFAU
   jax = _setup_jax()
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from lliejax import convert  # pylint: disable=import-outside-toplevel
+  from lliejax.interop.nafnet import KEYMAP  # pylint: disable=import-outside-toplevel
   from lliejax.models.nafnet import ConditionalNAFNet  # pylint: disable=import-outside-toplevel
 
-  model = convert.model_config_dict(model)
+  model = KEYMAP.arch(model)
   rows = []
   torch.manual_seed(seed)
   net = build_torch(model)
   randomise_norm_params(net, seed + 1)
   net.eval()
   sd = {k: v.detach() for k, v in net.state_dict().items()}
-  expected = convert.expected_state_dict_shapes(model)
+  expected = KEYMAP.state_dict_shapes(model)
   got_keys = [(k, tuple(v.shape)) for k, v in sd.items()]
   same = got_keys == list(expected.items())
   rows.append(Row(f"{label} state_dict keys/order/shapes", 0.0 if same else math.inf, 0.0 if same else math.inf,
-                  0.0, "exact", f"{len(sd)} tensors" if same else "differs from convert.expected_state_dict_shapes"))
-  log(f"{label}: {convert.format_model_config(model)}, {sum(v.numel() for v in sd.values()):,} parameters")
-  result = convert.convert_state_dict({k: v.numpy() for k, v in sd.items()}, model)
+                  0.0, "exact", f"{len(sd)} tensors" if same else "differs from KEYMAP.state_dict_shapes"))
+  log(f"{label}: {KEYMAP.format_arch(model)}, {sum(v.numel() for v in sd.values()):,} parameters")
+  result = KEYMAP.import_state_dict({k: v.numpy() for k, v in sd.items()}, model)
   params = jax.tree_util.tree_map(jnp.asarray, result.params)
   flax_model = ConditionalNAFNet(img_channel=model["img_channel"], width=model["width"],
                                  enc_blk_nums=tuple(model["enc_blk_nums"]), middle_blk_num=model["middle_blk_num"],
@@ -425,7 +424,7 @@ def check_nafnet(build_torch: Callable[[dict], Any], model: dict, *, sizes=DEFAU
       log(format_table([row]).splitlines()[2])
       rows.append(row)
   # Export back and load strictly into a fresh torch module: bitwise equal weights.
-  back = convert.params_to_state_dict(jax.tree_util.tree_map(np.asarray, params), model, as_torch=True)
+  back = KEYMAP.export_params(jax.tree_util.tree_map(np.asarray, params), model, as_torch=True)
   fresh = build_torch(model)
   try:
     fresh.load_state_dict(back, strict=True)
@@ -484,12 +483,12 @@ def sde_condition_numbers(ref, schedule: str) -> dict[str, np.ndarray]:
 def check_sde(irsde_cls, *, schedules=SCHEDULES, timesteps=DEFAULT_TIMESTEPS, max_sigma: float = 50.0,
               T: int = 100, eps: float = 0.005, seed: int = 0, shape=(4, 3, 37, 53),
               tol: float = SDE_REL_TOL) -> list[Row]:
-  """Official ``IRSDE`` tables and step functions vs :mod:`lliejax.sde` (see the module docstring)."""
+  """Official ``IRSDE`` tables and step functions vs :mod:`lliejax.diffusion.irsde` (see the module docstring)."""
   torch = setup_torch()
   _setup_jax()
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from lliejax import sde as lsde  # pylint: disable=import-outside-toplevel
+  from lliejax.diffusion import irsde as lsde  # pylint: disable=import-outside-toplevel
   rows = []
   rng = np.random.default_rng(seed)
   for schedule in schedules:
@@ -561,19 +560,20 @@ def check_sde(irsde_cls, *, schedules=SCHEDULES, timesteps=DEFAULT_TIMESTEPS, ma
 def check_kde(official, *, seed: int = 0, tol: float = KDE_REL_TOL) -> list[Row]:
   """KDE spatial-entropy densities and losses vs ``kde_utils.py``/``loss.py`` with shared neighbour weights.
 
-  Returns SKIP rows when ``lliejax.entropy`` or the official ``kde_utils.py`` is not available.
+  Returns SKIP rows when ``lliejax.losses.entropy`` or the official ``kde_utils.py`` is not available.
   """
   if official.kde_utils is None:
     return [Row("kde", math.nan, math.nan, tol, "rel", "no kde_utils.py in this checkout (upstream IR-SDE)",
                 skipped=True)]
   try:
-    from lliejax import entropy  # pylint: disable=import-outside-toplevel,unused-import
+    from lliejax.losses import entropy  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError as e:
-    return [Row("kde", math.nan, math.nan, tol, "rel", f"lliejax.entropy not importable ({e})", skipped=True)]
+    return [Row("kde", math.nan, math.nan, tol, "rel", f"lliejax.losses.entropy not importable ({e})",
+                skipped=True)]
   return _kde_rows(official, entropy, seed=seed, tol=tol)
 
 
-KDE_CASES = (  # (name, shape, bins L, weights) -- "ones" is REFERENCE 1.7's test vector, "normal" the training path
+KDE_CASES = (  # (name, shape, bins L, weights) -- "ones": a ramp against its mirror; "normal": the training path
     ("ref-vector L=8 w=ones", (2, 3, 5, 7), 8, "ones"),
     ("random 2x3x16x16 L=32 w~N(0,1)", (2, 3, 16, 16), 32, "normal"),
     ("random 1x3x13x19 L=16 w=None", (1, 3, 13, 19), 16, None),
@@ -583,7 +583,7 @@ KDE_CASES = (  # (name, shape, bins L, weights) -- "ones" is REFERENCE 1.7's tes
 @contextlib.contextmanager
 def _official_sqrt_of_int(kde_utils):
   """The official ``hellinger`` evaluates ``torch.sqrt(2)`` on a Python int, a TypeError in every PyTorch
-  (REFERENCE 6.1). For the comparison only, the module's ``torch`` name is swapped for a proxy whose ``sqrt``
+  (``kde_utils.py: hellinger``). For the comparison only, the module's ``torch`` name is swapped for a proxy whose ``sqrt``
   also accepts numbers; everything else is the official code unchanged."""
   import torch  # pylint: disable=import-outside-toplevel
   proxy = types.SimpleNamespace(**{k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")})
@@ -725,10 +725,10 @@ def lliejax_kde_values(entropy, pred: np.ndarray, target: np.ndarray, *, bins: i
 
   Inputs are transposed to NHWC; the explicit 3x3 ``weight`` (or ``'mean'``, i.e. no weights, for ``None``) is
   passed to every call, so prediction and target share it as in the official loss wrappers. Densities come from
-  :func:`lliejax.entropy.kde_density` (already in the official layout ``(B, L*L, C, H, 3W)``); the losses from
-  :func:`lliejax.entropy.spatial_entropy_loss` with ``kind='kl'`` (KL(target || pred)), ``'cross'``
+  :func:`lliejax.losses.entropy.kde_density` (already in the official layout ``(B, L*L, C, H, 3W)``); the losses from
+  :func:`lliejax.losses.entropy.spatial_entropy_loss` with ``kind='kl'`` (KL(target || pred)), ``'cross'``
   (``cross_order='official'``: P = prediction, no epsilon), ``'hellinger'``, ``'hellinger_smooth'``, and
-  :func:`lliejax.entropy.smoothness_loss`. ``quantities`` restricts the keys computed.
+  :func:`lliejax.losses.entropy.smoothness_loss`. ``quantities`` restricts the keys computed.
   """
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   nhwc = lambda a: jnp.asarray(np.ascontiguousarray(np.asarray(a, np.float32).transpose(0, 2, 3, 1)))
@@ -752,78 +752,29 @@ def lliejax_kde_values(entropy, pred: np.ndarray, target: np.ndarray, *, bins: i
   return {k: np.asarray(calls[k]()) for k in keys}
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def _parse_sizes(s: str) -> list[tuple[int, int]]:
-  out = []
-  for item in s.split(","):
-    h, _, w = item.lower().partition("x")
-    if not h.isdigit() or not w.isdigit():
-      raise argparse.ArgumentTypeError(f"size {item!r} is not HxW")
-    out.append((int(h), int(w)))
-  return out
+# ------------------------------------------------------------------------------------------------ running
+CHECKS = ("nafnet", "sde", "kde")
 
 
-def _parse_ints(s: str) -> list[int]:
-  try:
-    return [int(v) for v in s.split(",") if v]
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from e
+def run_checks(official_dir: str, *, task: str | None = None, only=CHECKS, full: bool = False,
+               config_spec: str | None = None, sizes=DEFAULT_SIZES, timesteps=DEFAULT_TIMESTEPS, batch: int = 2,
+               seed: int = 0, threads: int | None = None, log: Callable[[str], None] = print) -> list[Row]:
+  """Every comparison of ``only`` against the official checkout ``official_dir`` (``lliejax crosscheck``).
 
+  Raises:
+    ValueError: unknown check names. ImportError: torch or an official module cannot be imported.
+    FileNotFoundError: no official sources in ``official_dir`` (for ``task``).
+  """
+  from lliejax import config_utils  # pylint: disable=import-outside-toplevel
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="lliejax-crosscheck",
-      description="Compare lliejax numerically with the official PyTorch code of Entropy-SDE / Refusion "
-                  "(ConditionalNAFNet forward after checkpoint conversion, IR-SDE tables and steps, KDE "
-                  "spatial-entropy losses). Needs PyTorch (pip install 'lliejax[torch]') and einops; nothing "
-                  "is downloaded.",
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog=f"tolerances: NAFNet max-abs <= {NAFNET_ABS_TOL:g} (float32); SDE relative <= {SDE_REL_TOL:g} "
-             f"(+ {COND_ULPS} float32 ulps x condition number where the official formula cancels: rows "
-             f"marked +k); KDE relative <= {KDE_REL_TOL:g} (densities: + {COND_ULPS} float32 ulps x the "
-             "neighbour map's condition number, rows marked +k).\n"
-             "exit status: 0 all pass, 1 a comparison failed, 2 usage error.")
-  p.add_argument("--official", required=True, metavar="DIR",
-                 help="local checkout of shermanlian/spatial-entropy-loss or Algolzw/image-restoration-sde")
-  p.add_argument("--task", default=None, help="codes/config/<task> folder to take DenoisingNAFNet_arch.py from "
-                                              "(default: low-light if present)")
-  p.add_argument("--full", action="store_true",
-                 help=f"also check the full low-light NAFNet ({FULL_CONFIG}: width 64, 288M parameters)")
-  p.add_argument("--config", default=None, metavar="PATH[:ARG]",
-                 help="check the NAFNet of this config's `model` section instead of the small default "
-                      f"({SMALL_MODEL})")
-  p.add_argument("--sizes", type=_parse_sizes, default=list(DEFAULT_SIZES), metavar="HxW,...",
-                 help="NAFNet input sizes (default 64x64,37x53)")
-  p.add_argument("--timesteps", type=_parse_ints, default=list(DEFAULT_TIMESTEPS), metavar="T,...",
-                 help="timesteps (default 1,2,50,100)")
-  p.add_argument("--batch", type=int, default=2, help="NAFNet batch size (default 2)")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--only", default="nafnet,sde,kde", help="comma-separated subset of nafnet,sde,kde")
-  p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-  p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
-  return p
-
-
-def run(argv: Sequence[str] | None = None) -> int:
-  """Entry point of ``lliejax-crosscheck``; returns the exit status."""
-  args = _parser().parse_args(argv)
-  only = {s.strip() for s in args.only.split(",") if s.strip()}
-  if not only <= {"nafnet", "sde", "kde"}:
-    print(f"lliejax-crosscheck: error: --only {args.only!r}: choose from nafnet,sde,kde", file=sys.stderr)
-    return 2
-  try:
-    import torch  # pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    print("lliejax-crosscheck: error: PyTorch is required: pip install 'lliejax[torch]'", file=sys.stderr)
-    return 2
-  try:
-    files = find_official_files(args.official, args.task)
-    official = import_official(files)
-  except (FileNotFoundError, ImportError) as e:
-    print(f"lliejax-crosscheck: error: {e}", file=sys.stderr)
-    return 2
-  setup_torch(args.threads)
-  log = lambda s: print(s, flush=True)
+  only = set(only)
+  if not only <= set(CHECKS):
+    raise ValueError(f"unknown checks {sorted(only - set(CHECKS))}: choose from {', '.join(CHECKS)}")
+  if not _installed("torch"):
+    raise ImportError("PyTorch is required: pip install 'lliejax[torch]'")
+  files = find_official_files(official_dir, task)
+  official = import_official(files)
+  setup_torch(threads)
   log(f"official modules: {files.arch}" + (f", {files.sde_utils}" if files.sde_utils else "")
       + (f", {files.kde_utils}, {files.loss}" if files.kde_utils else ""))
   if official.stubbed:
@@ -831,36 +782,23 @@ def run(argv: Sequence[str] | None = None) -> int:
   rows: list[Row] = []
   if "nafnet" in only:
     build = official_nafnet_builder(official)
-    models = []
-    if args.config:
-      from lliejax.config_utils import load_config  # pylint: disable=import-outside-toplevel
-      models.append(("nafnet", load_config(args.config).model))
-    else:
-      models.append(("nafnet(small)", SMALL_MODEL))
-    if args.full:
-      from lliejax.config_utils import load_config  # pylint: disable=import-outside-toplevel
-      models.append(("nafnet(full)", load_config(FULL_CONFIG).model))
+    models = [("nafnet", config_utils.load_config(config_spec).model) if config_spec
+              else ("nafnet(small)", SMALL_MODEL)]
+    if full:
+      models.append(("nafnet(full)", config_utils.load_config(FULL_CONFIG).model))
     for label, model in models:
-      rows += check_nafnet(build, model, sizes=args.sizes, timesteps=args.timesteps, seed=args.seed,
-                           batch=args.batch, label=label, log=log)
+      rows += check_nafnet(build, model, sizes=sizes, timesteps=timesteps, seed=seed, batch=batch, label=label,
+                           log=log)
   if "sde" in only:
     if official.sde_utils is None:
       rows.append(Row("sde", math.nan, math.nan, SDE_REL_TOL, "rel", "no sde_utils.py found", skipped=True))
     else:
-      rows += check_sde(official.sde_utils.IRSDE, timesteps=args.timesteps, seed=args.seed)
+      rows += check_sde(official.sde_utils.IRSDE, timesteps=timesteps, seed=seed)
   if "kde" in only:
-    rows += check_kde(official, seed=args.seed)
-  print()
-  print(format_table(rows))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump([dict(dataclasses.asdict(r), status=r.status) for r in rows], f, indent=2, default=str)
-  return 0 if all(r.passed for r in rows) else 1
+    rows += check_kde(official, seed=seed)
+  return rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  sys.exit(run(argv))
-
-
-if __name__ == "__main__":
-  main()
+def rows_to_json(rows: Sequence[Row], path: str) -> None:
+  with open(path, "w") as f:
+    json.dump([dict(dataclasses.asdict(r), status=r.status) for r in rows], f, indent=2, default=str)

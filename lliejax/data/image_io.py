@@ -1,4 +1,8 @@
-"""Image file IO: robust reading to float RGB [0,1], atomic PNG writing, listing and comparison strips.
+"""Image files: the one place that knows extensions, listing, decoding and writing (CLIs and datasets alike).
+
+Reading to float RGB [0,1] (:func:`read_image`) or to 8-bit RGB for dataset records (:func:`read_image_uint8`),
+atomic PNG writing (:func:`write_png`), listing (:func:`list_images`, :data:`IMAGE_EXTENSIONS`) and comparison
+pictures (:func:`side_by_side`, :func:`stack_rows`).
 
 Reading conventions (:func:`read_image`):
 
@@ -305,6 +309,49 @@ def read_image(path) -> tuple[np.ndarray, list[str]]:
   return np.ascontiguousarray(img, dtype=np.float32), notes
 
 
+def read_image_uint8(path) -> tuple[np.ndarray, bytes, list[str]]:
+  """Reads an image file as uint8 HxWx3 RGB for a dataset record: ``(pixels, png_bytes, notes)``.
+
+  An 8-bit RGB PNG is passed through byte for byte (its bytes decode to exactly ``pixels``); anything else is read
+  by :func:`read_image` (same conventions and notes), rounded to 8 bits (``to_uint8``: exact for 8-bit sources) and
+  PNG-encoded.
+
+  Raises:
+    ImageReadError: as :func:`read_image`.
+  """
+  image, notes = read_image(path)
+  pixels = to_uint8(image, rounding="round")
+  data = pathlib.Path(path).read_bytes()
+  if not notes and data.startswith(_PNG_SIGNATURE):
+    ihdr = _png_ihdr(data)
+    if ihdr is not None and ihdr[2] == 8 and ihdr[3] == 2:  # 8-bit truecolour, no alpha
+      return pixels, data, notes
+  return pixels, encode_png(pixels), notes
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 ``(H, W, 3)`` array (PIL, zlib level 1: fast and lossless)."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+  return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+  """uint8 ``(H, W, 3)`` RGB pixels of encoded image bytes (PIL)."""
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [0, 1] (``/ 255``); float input is returned as float32."""
+  if image.dtype == np.uint8:
+    return image.astype(np.float32) / np.float32(255)
+  return image.astype(np.float32, copy=False)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Writing.
 
@@ -466,4 +513,16 @@ def side_by_side(images: Sequence, *, labels: Sequence[str] | None = None, pad: 
   return out
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "read_image", "write_png", "list_images", "side_by_side"]
+def stack_rows(rows: Sequence[np.ndarray], pad: int = 4) -> np.ndarray:
+  """Stacks (H, W, 3) images vertically, right-padding narrower ones with white (rows of :func:`side_by_side`)."""
+  width = max(r.shape[1] for r in rows)
+  out = []
+  for r in rows:
+    canvas = np.ones((r.shape[0] + pad, width, 3), np.float32)
+    canvas[: r.shape[0], : r.shape[1]] = r
+    out.append(canvas)
+  return np.concatenate(out, axis=0)
+
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "decode_png", "encode_png", "list_images", "read_image",
+           "read_image_uint8", "side_by_side", "stack_rows", "to_float", "write_png"]

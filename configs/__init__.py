@@ -1,0 +1,1 @@
+"""Configs of the lliejax methods, one file per method (installed as ``lliejax.configs``)."""

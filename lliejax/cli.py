@@ -1,0 +1,361 @@
+"""``lliejax``: the command-line program (``train``, ``eval``, ``enhance``, ``demo``, ``convert``, ``crosscheck``).
+
+Parsing and calls only: every sub-command is a function of the library (:func:`lliejax.train.train_and_evaluate`,
+:func:`lliejax.evaluate.evaluate_dataset`, :func:`lliejax.inference.enhance_files`,
+:func:`lliejax.interop.convert.convert_checkpoint`, :func:`lliejax.interop.crosscheck.run_checks`). The 0.1 names
+``lliejax-train``, ``lliejax-eval``, ``lliejax-enhance``, ``lliejax-demo``, ``lliejax-convert`` and
+``lliejax-crosscheck`` are aliases of the sub-commands.
+
+Every program first tunes the host allocator (:func:`lliejax.runtime.tune_host_allocator`; ``LLIEJAX_TUNE_MALLOC=0``
+leaves it alone) and, for a multi-process job, starts ``jax.distributed`` (:func:`lliejax.parallel.initialize_distributed`).
+Errors a user can fix are one line on stderr and a non-zero exit status (2; ``convert``: 1).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (pulled in by clu writers) is chatty
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+COMMANDS = ("train", "eval", "enhance", "demo", "convert", "crosscheck")
+_USER_ERRORS = (FileExistsError, FileNotFoundError, IsADirectoryError, KeyError, ValueError, AttributeError)
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def _method_names() -> str:
+  from lliejax import methods  # pylint: disable=import-outside-toplevel
+  return ", ".join(methods.names())
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--config", help="config spec PATH.py:variant[,key=value...] or a packaged NAME:variant, e.g. "
+                 "configs/entropy_sde.py:demo or entropy_sde:demo,steps=200")
+  p.add_argument("--method", help="a method name (its packaged config, NAME[:variant]); with --config, the "
+                 f"config's method must be this one. Methods: {_method_names()}")
+  p.add_argument("--data-dir", help="TFDS data directory (overrides config.data.data_dir)")
+  p.add_argument("--manual-dir", help="folder with the raw dataset for LOL builders (overrides config.data.manual_dir)")
+
+
+def _sampling_args(p: argparse.ArgumentParser, seed_help: str) -> None:
+  p.add_argument("--sampler", default=None, help="the method's sampler (Entropy-SDE: posterior, sde or ode; "
+                 "default: the method's test sampler, posterior as the official test.py)")
+  p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the method's)")
+  p.add_argument("--seed", type=int, default=0, help=seed_help)
+  p.add_argument("--online", action="store_true", help="use the online instead of the EMA params of a workdir")
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--checkpoint", "--params", dest="checkpoint",
+                 help="evaluate an export directory (e.g. from lliejax convert) instead of the workdir's")
+  p.add_argument("--split", default=None, help="dataset split (default config.data.eval_split)")
+  p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+  p.add_argument("--out", default=None, help="output folder for PNGs and metrics.json (default "
+                 "WORKDIR/eval_<split>)")
+  p.add_argument("--overwrite", action="store_true", help="replace files in an existing output folder")
+  p.add_argument("--crop-border", type=int, default=None, help="pixels cropped on each side before scoring "
+                 "(default: the method's convention, 0 for Entropy-SDE)")
+  _sampling_args(p, "sampler seed")
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="lliejax", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  t = sub.add_parser("train", help="train (resuming from the workdir's latest checkpoint), export, evaluate",
+                     description="Train a method (resuming from the latest checkpoint in --workdir), export the EMA "
+                     "params to WORKDIR/export, then evaluate the test split (--mode train skips it).")
+  _config_args(t)
+  t.add_argument("--workdir", help="run directory: checkpoints, TensorBoard events, config.json, export/")
+  t.add_argument("--mode", choices=("train", "eval", "train_eval"), default="train_eval",
+                 help="train only, evaluate only, or train then evaluate (default)")
+  t.add_argument("--stop-at", type=int, default=None, help="stop (as if interrupted) after this step")
+  _eval_args(t)
+
+  e = sub.add_parser("eval", help="enhance a dataset split, write the PNGs and metrics.json",
+                     description="Evaluate a trained workdir or an export: writes the enhanced PNGs and metrics.json.")
+  _config_args(e)
+  e.add_argument("--workdir", help="a training workdir")
+  _eval_args(e)
+
+  n = sub.add_parser("enhance", help="enhance your own image files or folders",
+                     description="Enhance image files or folders with a trained workdir or an export. Any size, "
+                     "RGB / grayscale / RGBA / palette, 8- or 16-bit PNG and JPEG (converted with a note). Outputs "
+                     "are PNGs named after the inputs in --out; an input is never overwritten, existing outputs "
+                     "only with --overwrite; unreadable files are named and skipped (exit status 1).")
+  n.add_argument("inputs", nargs="+", help="image files and/or folders (non-recursive)")
+  n.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
+                 help="a training workdir or an export directory (e.g. from lliejax convert)")
+  n.add_argument("--out", required=True, help="output folder (created if missing)")
+  n.add_argument("--overwrite", action="store_true", help="replace existing output files (never input files)")
+  n.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output PNG bit depth")
+  n.add_argument("--quiet", action="store_true", help="no progress bar")
+  _sampling_args(n, "sampler seed (outputs are reproducible per seed)")
+
+  d = sub.add_parser("demo", help="the whole pipeline on the offline demo photos",
+                     description="Build the offline demo dataset, train the demo config in --workdir (resuming), "
+                     "enhance the test photos, write results/side_by_side.png (rows of LQ | output | GT), "
+                     "results/metrics.md and metrics.json.")
+  d.add_argument("--workdir", default="lliejax_demo", help="run directory (default ./lliejax_demo)")
+  d.add_argument("--config", default="entropy_sde:demo", help="config spec (default entropy_sde:demo)")
+  d.add_argument("--data-dir", default=None, help="TFDS data directory (default ~/tensorflow_datasets)")
+  d.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+  d.add_argument("--seed", type=int, default=0, help="sampler seed for the evaluation")
+
+  c = sub.add_parser("convert", help="official PyTorch checkpoints <-> lliejax exports",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Convert official PyTorch checkpoints (.pth state_dicts, online or EMA; Lightning "
+                     ".ckpt) into lliejax export directories, and exports back with --to-torch. Needs PyTorch: "
+                     "pip install 'lliejax[torch]'.",
+                     epilog="examples:\n"
+                     "  lliejax convert lolv1.pth exports/lolv1 --config configs/entropy_sde.py:lolv1\n"
+                     "  lliejax convert lastest_EMA.pth exports/ema            # architecture inferred from the keys\n"
+                     "  lliejax convert --to-torch exports/lolv1 lolv1_from_jax.pth")
+  c.add_argument("src", help="an official .pth/.ckpt file (default), or an export directory with --to-torch")
+  c.add_argument("dst", help="an export directory (default), or a .pth file with --to-torch")
+  c.add_argument("--to-torch", action="store_true", help="export directory SRC -> official state_dict .pth DST")
+  c.add_argument("--config", default=None, metavar="PATH[:ARG]",
+                 help="config whose `model` section the checkpoint must match, recorded in the export (default: "
+                 "the architecture inferred from the keys, the other sections of entropy_sde:lolv1)")
+  c.add_argument("--key-prefix", default=None, metavar="PREFIX",
+                 help="only keys starting with PREFIX (removed), e.g. 'ema_model.' for an ema_pytorch EMA state")
+  c.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+  x = sub.add_parser("crosscheck", help="numerical parity with the official PyTorch code",
+                     description="Compare lliejax numerically with the official PyTorch code of Entropy-SDE / "
+                     "Refusion (ConditionalNAFNet forward after checkpoint conversion, IR-SDE tables and steps, KDE "
+                     "spatial-entropy losses) from a local checkout. Needs PyTorch; nothing is downloaded. Exit "
+                     "status: 0 all pass, 1 a comparison failed, 2 usage error.")
+  x.add_argument("--official", required=True, metavar="DIR",
+                 help="local checkout of shermanlian/spatial-entropy-loss or Algolzw/image-restoration-sde")
+  x.add_argument("--task", default=None, help="codes/config/<task> to take DenoisingNAFNet_arch.py from "
+                 "(default: low-light if present)")
+  x.add_argument("--full", action="store_true", help="also check the 288M-parameter low-light NAFNet")
+  x.add_argument("--config", default=None, metavar="PATH[:ARG]", help="check this config's NAFNet instead of "
+                 "the small default")
+  x.add_argument("--sizes", type=_sizes, default="64x64,37x53", metavar="HxW,...", help="NAFNet input sizes")
+  x.add_argument("--timesteps", type=_ints, default="1,2,50,100", metavar="T,...", help="timesteps")
+  x.add_argument("--batch", type=int, default=2, help="NAFNet batch size")
+  x.add_argument("--seed", type=int, default=0)
+  x.add_argument("--only", default="nafnet,sde,kde", help="comma-separated subset of nafnet,sde,kde")
+  x.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+  x.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+  return p
+
+
+def _sizes(s: str) -> list[tuple[int, int]]:
+  out = []
+  for item in s.split(","):
+    h, _, w = item.lower().partition("x")
+    if not h.isdigit() or not w.isdigit():
+      raise argparse.ArgumentTypeError(f"size {item!r} is not HxW")
+    out.append((int(h), int(w)))
+  return out
+
+
+def _ints(s: str) -> list[int]:
+  try:
+    return [int(v) for v in s.split(",") if v]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from e
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def _start(distributed: bool = True) -> None:
+  from lliejax import parallel, runtime  # pylint: disable=import-outside-toplevel
+  runtime.tune_host_allocator()
+  runtime.setup_logging()
+  if distributed:
+    parallel.initialize_distributed()
+
+
+def _load_config(args, required: bool = True):
+  """The config of ``--config`` / ``--method`` with ``--data-dir`` / ``--manual-dir`` applied (None if neither)."""
+  from lliejax import config_utils, methods  # pylint: disable=import-outside-toplevel
+
+  config = None
+  if args.config:
+    config = config_utils.load_config(args.config)
+    if args.method and config.get("method") != args.method.partition(":")[0]:
+      raise ValueError(f"--config {args.config} is a config of method {config.get('method')!r}, not "
+                       f"--method {args.method}")
+  elif args.method:
+    methods.get(args.method.partition(":")[0])  # a clear error for an unknown method
+    config = config_utils.load_config(args.method)
+  elif required:
+    raise ValueError("give --config (or --method)")
+  return config
+
+
+def _apply_paths(config, args) -> None:
+  if getattr(args, "data_dir", None):
+    config.data.data_dir = args.data_dir
+  if getattr(args, "manual_dir", None):
+    config.data.manual_dir = args.manual_dir
+
+
+def _evaluate(args, config=None) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from lliejax import checkpoint, evaluate, inference  # pylint: disable=import-outside-toplevel
+  from lliejax.data import registry  # pylint: disable=import-outside-toplevel
+
+  source = args.checkpoint or args.workdir
+  if not source:
+    raise ValueError("give --workdir or --checkpoint")
+  enhancer = inference.load(source, ema=not args.online)
+  if config is None:
+    config = _load_config(args, required=False)
+  if config is None:
+    config = checkpoint.load_workdir_config(args.workdir) if args.workdir else enhancer.method.config
+  _apply_paths(config, args)
+  registry.prepare(config.data.name, data_dir=config.data.get("data_dir"), manual_dir=config.data.get("manual_dir"))
+  split = args.split or config.data.get("eval_split", "test")
+  out = args.out or os.path.join(source, f"eval_{split}")
+  result = evaluate.evaluate_dataset(enhancer, config.data, key=jax.random.key(args.seed), sampler=args.sampler,
+                                     steps=args.steps, split=split, max_images=args.max_images, out_dir=out,
+                                     overwrite=args.overwrite, crop_border=args.crop_border, progress=True)
+  m = result["mean"]
+  print(f"{result['num_images']} images, sampler {result['sampler']}: PSNR {m['psnr']:.3f} dB, SSIM {m['ssim']:.4f} "
+        f"(input: PSNR {m['psnr_input']:.3f} dB, SSIM {m['ssim_input']:.4f})")
+  print(f"enhanced PNGs and metrics.json in {out}")
+  return result
+
+
+def train(config, workdir: str, *, stop_at: int | None = None):
+  """Builds the configured dataset if needed, then :func:`lliejax.train.train_and_evaluate`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import logging  # pylint: disable=import-outside-toplevel
+  from lliejax import train as train_lib  # pylint: disable=import-outside-toplevel
+  from lliejax.data import registry  # pylint: disable=import-outside-toplevel
+
+  logging.info("devices: %s", jax.devices())
+  registry.prepare(config.data.name, data_dir=config.data.get("data_dir"), manual_dir=config.data.get("manual_dir"))
+  return train_lib.train_and_evaluate(config, workdir, stop_at=stop_at)
+
+
+def _cmd_train(args) -> int:
+  _start()
+  if args.mode == "eval":
+    _evaluate(args)
+    return 0
+  if not args.workdir:
+    raise ValueError("training needs --workdir")
+  config = _load_config(args)
+  _apply_paths(config, args)
+  train(config, args.workdir, stop_at=args.stop_at)
+  if args.mode == "train_eval" and not args.stop_at:
+    _evaluate(args, config)
+  return 0
+
+
+def _cmd_eval(args) -> int:
+  _start()
+  _evaluate(args)
+  return 0
+
+
+def _cmd_enhance(args) -> int:
+  _start()
+  import jax  # pylint: disable=import-outside-toplevel
+  from lliejax import inference  # pylint: disable=import-outside-toplevel
+
+  plan = inference.plan_outputs(args.inputs, args.out, overwrite=args.overwrite)
+  enhancer = inference.load(args.checkpoint, ema=not args.online)
+  os.makedirs(os.path.abspath(args.out), exist_ok=True)
+  failed = inference.enhance_files(enhancer, plan, jax.random.key(args.seed), sampler=args.sampler,
+                                   steps=args.steps, overwrite=args.overwrite, bit_depth=args.bit_depth,
+                                   progress=not args.quiet)
+  print(f"wrote {len(plan) - len(failed)} image(s) to {os.path.abspath(args.out)}")
+  if failed:
+    print(f"lliejax enhance: {len(failed)} file(s) could not be read: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _cmd_demo(args) -> int:
+  _start()
+  import jax  # pylint: disable=import-outside-toplevel
+  from lliejax import config_utils, evaluate, inference  # pylint: disable=import-outside-toplevel
+
+  config = config_utils.load_config(args.config)
+  if args.data_dir:
+    config.data.data_dir = args.data_dir
+  if args.steps is not None:
+    config.num_train_steps = args.steps
+  workdir = os.path.abspath(args.workdir)
+  train(config, workdir)
+  enhancer = inference.load(workdir)
+  results = os.path.join(workdir, "results")
+  result = evaluate.evaluate_dataset(enhancer, config.data, key=jax.random.key(args.seed), out_dir=results,
+                                     overwrite=True, progress=True)
+  paths = evaluate.write_report(result, results)
+  print(evaluate.metrics_table(result))
+  print(f"\nside-by-side picture (LQ | output | GT): {paths['picture']}")
+  print(f"metrics: {paths['table']} and metrics.json; enhanced PNGs in {results}")
+  print(f"TensorBoard: tensorboard --logdir {workdir}")
+  return 0
+
+
+def _cmd_convert(args) -> int:
+  _start(distributed=False)
+  from lliejax.interop import convert  # pylint: disable=import-outside-toplevel
+
+  if args.to_torch:
+    out, n = convert.export_to_torch(args.src, args.dst, overwrite=args.overwrite)
+    print(f"wrote {out}: {n:,} parameters (official state_dict, float32)")
+    return 0
+  convert.convert_checkpoint(args.src, args.dst, config_spec=args.config, key_prefix=args.key_prefix,
+                             overwrite=args.overwrite)
+  return 0
+
+
+def _cmd_crosscheck(args) -> int:
+  _start(distributed=False)
+  from lliejax.interop import crosscheck  # pylint: disable=import-outside-toplevel
+
+  rows = crosscheck.run_checks(args.official, task=args.task, only=[s.strip() for s in args.only.split(",") if s],
+                               full=args.full, config_spec=args.config, sizes=args.sizes, timesteps=args.timesteps,
+                               batch=args.batch, seed=args.seed, threads=args.threads,
+                               log=lambda s: print(s, flush=True))
+  print()
+  print(crosscheck.format_table(rows))
+  if args.json:
+    crosscheck.rows_to_json(rows, args.json)
+  return 0 if all(r.passed for r in rows) else 1
+
+
+_HANDLERS: dict[str, Callable] = {"train": _cmd_train, "eval": _cmd_eval, "enhance": _cmd_enhance,
+                                  "demo": _cmd_demo, "convert": _cmd_convert, "crosscheck": _cmd_crosscheck}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``lliejax COMMAND ...``; returns the exit status."""
+  args = _parser().parse_args(argv)
+  prog = f"lliejax {args.command}"
+  try:
+    return _HANDLERS[args.command](args)
+  except _USER_ERRORS + (ImportError, FloatingPointError) as e:
+    from lliejax.interop.keymap import ConversionError  # pylint: disable=import-outside-toplevel
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 1 if args.command == "convert" and isinstance(e, (ConversionError, FileExistsError,
+                                                             FileNotFoundError, IsADirectoryError)) else 2
+
+
+def _alias(command: str) -> Callable[[Sequence[str] | None], int]:
+  def run(argv: Sequence[str] | None = None) -> int:
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
+
+  run.__name__ = f"{command}_main"
+  run.__doc__ = f"``lliejax-{command}``: ``lliejax {command}``."
+  return run
+
+
+train_main, eval_main, enhance_main, demo_main, convert_main, crosscheck_main = (_alias(c) for c in COMMANDS)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,10 @@
+"""PyTorch interop: checkpoint files, key maps between official networks and lliejax params, parity checks.
+
+* :mod:`~lliejax.interop.torch_io`: ``.pth`` (weights only) and Lightning ``.ckpt`` reading, ``.pth`` writing;
+* :mod:`~lliejax.interop.keymap`: the naming rule, layouts and the generic import / export of a key-map spec;
+* :mod:`~lliejax.interop.nafnet`: the ConditionalNAFNet spec and architecture inference;
+* :mod:`~lliejax.interop.convert`: checkpoint files <-> lliejax exports (``lliejax convert``);
+* :mod:`~lliejax.interop.crosscheck`: numerical parity with the official code (``lliejax crosscheck``).
+
+Nothing here imports torch until a file is read or written or a parity check runs.
+"""

@@ -1,0 +1,113 @@
+"""The Method interface: what a published method gives the generic train / evaluate / enhance / checkpoint code.
+
+A method is built from its full config (``Method(config)``) and is then a set of pure functions over explicit
+pytrees. The core (:mod:`lliejax.train`, :mod:`lliejax.evaluate`, :mod:`lliejax.inference`,
+:mod:`lliejax.checkpoint`) knows nothing else about it.
+
+Pytrees a method deals in:
+
+* ``params``: everything the optimiser trains. Any pytree, so a method with several networks keeps them under
+  names (e.g. ``{'denoiser': ..., 'cond': ..., 'he': ...}``).
+* ``frozen``: what the method needs but never trains: a teacher restored from an export, a released encoder, a
+  fixed prior. Built by :meth:`Method.init_frozen` on every start (fresh or resumed), passed to :meth:`Method.loss`
+  and :meth:`Method.sample` as an argument that is neither differentiated nor donated, and not stored in training
+  checkpoints. :meth:`Method.inference_frozen` selects the part an export must carry for sampling (a distilled
+  student needs no teacher; a conditional encoder is needed).
+* ``ema``: named moving averages of ``params``, one per rule of :meth:`Method.ema_rules` (``{}``: none). The
+  training loop updates them after every optimizer step and passes them (without gradient) to :meth:`Method.loss`,
+  so a method can use a target network (consistency distillation). :attr:`Method.export_ema` names the copy that is
+  exported and evaluated (``None``: the online ``params``).
+
+Randomness: :meth:`Method.loss` receives the key of the step (the run's key with the step folded in) and
+:meth:`Method.sample` the key of one image; a method splits them as it needs, so results never depend on how a
+batch is sharded.
+
+Images are NHWC float32 RGB in [0, 1] at the interface: a batch is ``{'lq': ..., 'gt': ...}`` and ``sample`` returns
+the (unclamped) enhanced image; a method that works in [-1, 1] converts inside.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Mapping
+
+import jax
+
+from lliejax import ema as ema_lib
+from lliejax import metrics
+
+Pytree = Any
+
+
+class Method(abc.ABC):
+  """Base class of every method (see the module docstring). Subclasses set :attr:`name` and register."""
+
+  #: Registry name, also recorded in exports and workdirs.
+  name: ClassVar[str] = ""
+  #: Config sections that fix the shapes of ``params``: a workdir refuses to resume with different values.
+  architecture_sections: ClassVar[tuple[str, ...]] = ("model",)
+  #: Sampler names :meth:`sample` accepts (the first is the default).
+  samplers: ClassVar[tuple[str, ...]] = ()
+  #: The EMA copy exported and evaluated (a key of :meth:`ema_rules`); ``None``: the online params.
+  export_ema: ClassVar[str | None] = "ema"
+
+  def __init__(self, config):
+    self.config = config
+
+  # ---------------------------------------------------------------------------------------------- required
+  @abc.abstractmethod
+  def init_params(self, key: jax.Array) -> Pytree:
+    """Freshly initialised trainable parameters."""
+
+  @abc.abstractmethod
+  def loss(self, params: Pytree, frozen: Pytree, batch: Mapping[str, jax.Array], key: jax.Array, *,
+           ema: Mapping[str, Pytree]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``(scalar loss, {name: scalar})`` of one global batch (traced inside the jitted train step)."""
+
+  @abc.abstractmethod
+  def sample(self, params: Pytree, frozen: Pytree, lq: jax.Array, key: jax.Array, *, sampler: str | None = None,
+             steps: int | None = None) -> jax.Array:
+    """The enhanced images of ``lq`` (NHWC in [0, 1], any size), unclamped. Traceable (the caller jits)."""
+
+  # ---------------------------------------------------------------------------------------------- defaults
+  def init_frozen(self, key: jax.Array) -> Pytree:
+    """What the method uses but never trains (default: nothing). Called on every start, fresh or resumed."""
+    del key
+    return {}
+
+  def inference_frozen(self, frozen: Pytree) -> Pytree:
+    """The part of ``frozen`` that :meth:`sample` needs, stored in exports (default: all of it)."""
+    return frozen
+
+  def ema_rules(self) -> dict[str, ema_lib.EmaRule]:
+    """Named EMA rules (default: ``{'ema': rule of config.ema}`` when the config has an ``ema`` section)."""
+    if self.config.get("ema") is None:
+      return {}
+    return {"ema": ema_lib.from_config(self.config.ema)}
+
+  @property
+  def convention(self) -> metrics.Convention:
+    """How this method's paper turns outputs into numbers (default: IR-SDE's)."""
+    return metrics.IRSDE
+
+  def default_sampler(self, purpose: str = "test") -> str | None:
+    """The sampler for ``purpose``: ``'test'`` (evaluation, enhance) or ``'validation'`` (during training).
+
+    Default: ``config.test_sampler`` / ``config.eval_sampler`` when set, else the first of :attr:`samplers`.
+    """
+    key = "eval_sampler" if purpose == "validation" else "test_sampler"
+    value = self.config.get(key)
+    return value if value else (self.samplers[0] if self.samplers else None)
+
+  @classmethod
+  def legacy_config(cls, info: dict):
+    """The config of an export written before exports recorded one (lliejax 0.1 ``lliejax-params`` files)."""
+    raise ValueError(f"method {cls.name!r} has no exports without a config; re-export it")
+
+  def describe(self, params: Pytree) -> str:
+    """One line for the training log."""
+    return f"{self.name}: {count_params(params):,} trainable parameters"
+
+
+def count_params(tree: Pytree) -> int:
+  """Number of scalars in a pytree of arrays."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))

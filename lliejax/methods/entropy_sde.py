@@ -1,0 +1,97 @@
+"""Entropy-SDE (Lian et al., CVPRW 2024) and its base Refusion / IR-SDE, as a :class:`lliejax.methods.Method`.
+
+The official training step (``DenoisingModel.optimize_parameters`` of
+``codes/config/low-light/models/denoising_model.py``, shermanlian/spatial-entropy-loss):
+
+1. ``t ~ U{1..T}`` and ``x_t ~ q(x_t | GT, LQ)`` of the mean-reverting SDE (:mod:`lliejax.diffusion.irsde`);
+2. the ConditionalNAFNet (:mod:`lliejax.models.nafnet`) predicts the noise of ``x_t`` given ``mu = LQ`` and ``t``;
+3. the loss ``weight * D(x_hat_{t-1}, x*_{t-1})`` between the noise-free reverse-SDE step and the optimum reverse
+   state, ``D`` from ``config.loss`` (:mod:`lliejax.losses`: ``l1`` for Refusion, the spatial-entropy losses for
+   Entropy-SDE);
+4. AdamW with cosine annealing (``config.optim``, :mod:`lliejax.optim`) and the ``ema_pytorch`` EMA (``config.ema``).
+
+Sampling: ``posterior`` (``IRSDE.reverse_posterior``, what the official ``test.py`` runs), ``sde`` (Euler-Maruyama,
+the official validation during training) or ``ode``, all ``T`` steps from ``x_T = LQ + lambda * noise``.
+Metrics follow the IR-SDE convention (:data:`lliejax.metrics.IRSDE`).
+
+Config sections: ``model`` (``name: conditional_nafnet`` and its widths / block counts), ``sde`` (``max_sigma``,
+``T``, ``schedule``, ``eps``), ``loss``, ``optim``, ``ema``, ``data`` (augmentation policy ``lqgt``, the official
+``LQGT_dataset``); see ``configs/entropy_sde.py``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lliejax import losses, methods
+from lliejax.diffusion import irsde
+from lliejax.methods.base import Method
+from lliejax.models import nafnet
+
+MODELS = ("conditional_nafnet",)
+
+
+@methods.register
+class EntropySDE(Method):
+  """Mean-reverting SDE + ConditionalNAFNet, trained with the maximum-likelihood objective and ``config.loss``."""
+
+  name = "entropy_sde"
+  architecture_sections = ("model", "sde")
+  samplers = ("posterior", "sde", "ode")
+
+  def __init__(self, config):
+    super().__init__(config)
+    if config.model.name not in MODELS:
+      raise ValueError(f"config.model.name={config.model.name!r}: entropy_sde implements {', '.join(MODELS)}")
+    self.model = nafnet.nafnet_from_config(config.model)
+    self.sde = irsde.make_sde_from_config(config.sde)
+    self._loss = losses.get(config.loss) if config.get("loss") is not None else None
+
+  def init_params(self, key):
+    """``ConditionalNAFNet.init`` on zero inputs of one padding multiple (PyTorch's default initialisers)."""
+    size = self.model.padder_size
+    x = jnp.zeros((1, size, size, self.config.model.img_channel), jnp.float32)
+    return self.model.init(key, x, x, jnp.ones((1,), jnp.int32))["params"]
+
+  def noise_fn(self, params):
+    """``(x_t, mu, t) -> predicted noise`` of the network with ``params``."""
+    return lambda x, mu, t: self.model.apply({"params": params}, x, mu, t)
+
+  def loss(self, params, frozen, batch, key, *, ema):
+    """``weight * D(x_hat_{t-1}, x*_{t-1})`` of the maximum-likelihood objective (module docstring)."""
+    del frozen, ema
+    if self._loss is None:
+      raise ValueError("entropy_sde: the config has no 'loss' section")
+    k_sde, k_loss = jax.random.split(key)
+    pred, target, _ = irsde.ml_pair(self.sde, self.noise_fn(params), batch["gt"], batch["lq"], k_sde)
+    return self._loss(pred, target, k_loss), {}
+
+  def sample(self, params, frozen, lq, key, *, sampler=None, steps=None):
+    """All ``T`` reverse steps (``sampler``: posterior, sde or ode) from ``x_T = lq + lambda * noise``."""
+    del frozen
+    if steps is not None and int(steps) != self.sde.T:
+      raise ValueError(f"entropy_sde samples all sde.T={self.sde.T} steps (got steps={steps})")
+    mode = sampler or self.default_sampler("test")
+    if mode not in self.samplers:
+      raise ValueError(f"entropy_sde: unknown sampler {mode!r}; choose one of {', '.join(self.samplers)}")
+    return irsde.sample(self.sde, self.noise_fn(params), lq, key, mode=mode)
+
+  def describe(self, params):
+    return f"entropy_sde: ConditionalNAFNet with {methods.count_params(params):,} parameters, T={self.sde.T}"
+
+
+  @classmethod
+  def legacy_config(cls, info):
+    """The full config of a lliejax 0.1 export (``lliejax-params`` v1), which recorded only ``model`` and ``sde``.
+
+    The other sections come from ``configs/entropy_sde.py:lolv1`` (they do not enter sampling). An export without
+    an ``sde`` section (possible with 0.1's Python API) gets lolv1's, the SDE of every released Entropy-SDE
+    checkpoint.
+    """
+    from lliejax.configs import entropy_sde as cfg_lib  # pylint: disable=import-outside-toplevel
+
+    config = cfg_lib.get_config("lolv1")
+    config.model.update(info["model"])
+    if info.get("sde"):
+      config.sde.update(info["sde"])
+    return config
