@@ -33,6 +33,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lliejax import parallel
+
 EXPORT_FORMAT = "lliejax-export"
 EXPORT_VERSION = 2
 EXPORT_META = "lliejax_export.json"
@@ -155,7 +157,8 @@ def export(directory: str, params, *, config, method: str, method_module: str | 
 
   Args:
     directory: output directory; must not exist unless ``overwrite`` (then only a previous *export* there is
-      replaced; any other existing directory is refused, so nothing the user owns is lost).
+      replaced; any other existing directory is refused, so nothing the user owns is lost). In a multi-process
+      job every process calls this with the same arguments.
     params: the parameters sampling uses (the EMA copy after training).
     config: the full config of the method (a ConfigDict or mapping).
     method: the method's registry name; ``method_module`` the module that registers it (for methods defined
@@ -171,18 +174,26 @@ def export(directory: str, params, *, config, method: str, method_module: str | 
     if not is_export_dir(directory):
       raise FileExistsError(f"refusing to overwrite {directory}: it exists and is not a lliejax export "
                             f"(no {EXPORT_META})")
-    shutil.rmtree(directory)
-  os.makedirs(directory)
+  # In a multi-process job every process calls this (Orbax synchronises them); process 0 owns the folder.
+  primary = jax.process_index() == 0
+  if primary:
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.makedirs(directory)
+  parallel.sync("lliejax-export-dir")
   has_frozen = frozen is not None and _has_leaves(frozen)
   with ocp.PyTreeCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), jax.tree_util.tree_map(np.asarray, params))
     if has_frozen:
       ckptr.save(os.path.join(directory, "frozen"), jax.tree_util.tree_map(np.asarray, frozen))
-  info = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "method": method, "method_module": method_module,
-          "config": to_plain(config), "frozen": has_frozen, **to_plain(meta)}
-  with open(os.path.join(directory, EXPORT_META), "w") as f:
-    json.dump(info, f, indent=2)
+  if primary:
+    info = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "method": method, "method_module": method_module,
+            "config": to_plain(config), "frozen": has_frozen, **to_plain(meta)}
+    with open(os.path.join(directory, EXPORT_META), "w") as f:
+      json.dump(info, f, indent=2)
+  parallel.sync("lliejax-export-done")
   return directory
+
 
 
 def read_export_info(directory: str) -> dict:

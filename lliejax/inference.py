@@ -48,7 +48,8 @@ class Enhancer:
       repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
       run = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0)), in_shardings=(repl, repl, data, data),
                     out_shardings=data)
-      params, frozen = jax.device_put((self.params, self.frozen), repl)  # once, not at every call
+      # Once, not at every call. Replicated global arrays (during multi-host training) via their local copy.
+      params, frozen = jax.device_put(jax.tree_util.tree_map(_host_local, (self.params, self.frozen)), repl)
       self._runners[cache_key] = lambda lq, keys: run(params, frozen, lq, keys)
     return self._runners[cache_key]
 
@@ -83,6 +84,15 @@ class Enhancer:
       pending.append((index, image))
     if pending:
       yield from flush()
+
+
+def _host_local(x):
+  """A replicated array spanning other processes' devices -> this process's copy (others unchanged)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError("an Enhancer needs replicated parameters, got an array sharded across processes")
+    return x.addressable_data(0)
+  return x
 
 
 def load(source: str, *, ema: bool = True) -> Enhancer:

@@ -156,11 +156,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
     check(*pending)
   ckpts.close()
   if int(state.step) >= total:
-    if jax.process_index() == 0:
-      checkpoint.export(os.path.join(workdir, "export"), jax.device_get(state.export_params(method)),
-                        config=config, method=method.name, method_module=type(method).__module__,
-                        frozen=jax.device_get(method.inference_frozen(frozen)), overwrite=True, source=workdir,
-                        step=int(state.step), ema=method.export_ema in state.ema)
+    checkpoint.export(os.path.join(workdir, "export"), jax.device_get(state.export_params(method)),
+                      config=config, method=method.name, method_module=type(method).__module__,
+                      frozen=jax.device_get(method.inference_frozen(frozen)), overwrite=True, source=workdir,
+                      step=int(state.step), ema=method.export_ema in state.ema)
     if config.eval_every:
       validate(method, state.export_params(method), frozen, config, step=total, writer=writer, key=eval_key)
   writer.flush()
