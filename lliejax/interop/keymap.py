@@ -97,35 +97,34 @@ def flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ layouts
+# kind -> (axes of the PyTorch array in the lliejax layout, axes of the lliejax array in the PyTorch layout)
+_PERMUTATIONS = {"conv": ((2, 3, 1, 0), (3, 2, 0, 1)), "dense": ((1, 0), (1, 0))}
+
+
 def flax_shape(shape: tuple, kind: str) -> tuple:
-  if kind == "conv":
-    o, i, kh, kw = shape
-    return (kh, kw, i, o)
-  if kind == "dense":
-    return (shape[1], shape[0])
-  if kind == "vec":
-    return (shape[1],)
-  return tuple(shape)
+  """The lliejax shape of a PyTorch parameter of layout ``kind``."""
+  if kind in _PERMUTATIONS:
+    return tuple(shape[i] for i in _PERMUTATIONS[kind][0])
+  return (shape[1],) if kind == "vec" else tuple(shape)
+
+
+def torch_shape(shape: tuple, kind: str) -> tuple:
+  """The PyTorch shape of a lliejax parameter of layout ``kind``."""
+  if kind in _PERMUTATIONS:
+    return tuple(shape[i] for i in _PERMUTATIONS[kind][1])
+  return (1, shape[0], 1, 1) if kind == "vec" else tuple(shape)
 
 
 def to_flax(a: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.ascontiguousarray(a.transpose(2, 3, 1, 0))
-  if kind == "dense":
-    return np.ascontiguousarray(a.T)
-  if kind == "vec":
-    return a.reshape(a.shape[1]).copy()
-  return np.array(a, copy=True)
+  if kind in _PERMUTATIONS:
+    return np.ascontiguousarray(a.transpose(_PERMUTATIONS[kind][0]))
+  return np.array(a.reshape(flax_shape(a.shape, kind)), copy=True)
 
 
 def to_torch(a: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.ascontiguousarray(a.transpose(3, 2, 0, 1))
-  if kind == "dense":
-    return np.ascontiguousarray(a.T)
-  if kind == "vec":
-    return a.reshape(1, a.shape[0], 1, 1).copy()
-  return np.array(a, copy=True)
+  if kind in _PERMUTATIONS:
+    return np.ascontiguousarray(a.transpose(_PERMUTATIONS[kind][1]))
+  return np.array(a.reshape(torch_shape(a.shape, kind)), copy=True)
 
 
 def shape_of(v) -> tuple:
@@ -242,7 +241,7 @@ class KeyMap(abc.ABC):
     for path, v in flatten(params).items():
       shape = shape_of(v)
       kind = {4: "conv", 2: "dense"}.get(len(shape), "bias") if path[-1] == "kernel" else "bias"
-      shapes[path_to_key(path)] = _torch_shape(shape, kind)
+      shapes[path_to_key(path)] = torch_shape(shape, kind)
     return self.infer(shapes)
 
   def _try_infer(self, shapes) -> dict | None:
@@ -348,16 +347,6 @@ class KeyMap(abc.ABC):
       import torch  # pylint: disable=import-outside-toplevel
       out = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in out.items())
     return out
-
-
-def _torch_shape(shape: tuple, kind: str) -> tuple:
-  """The PyTorch shape of a lliejax leaf of layout ``kind`` (inverse of :func:`flax_shape` for conv / dense)."""
-  if kind == "conv":
-    kh, kw, i, o = shape
-    return (o, i, kh, kw)
-  if kind == "dense":
-    return (shape[1], shape[0])
-  return tuple(shape)
 
 
 def _unwrap_params(params: Mapping[str, Any]) -> Mapping[str, Any]:
