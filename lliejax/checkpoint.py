@@ -33,8 +33,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lliejax import parallel
-
 EXPORT_FORMAT = "lliejax-export"
 EXPORT_VERSION = 2
 EXPORT_META = "lliejax_export.json"
@@ -131,6 +129,23 @@ def is_workdir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
+def sync_processes(name: str, *, timeout_s: int = 1800) -> None:
+  """Wait until every process reaches this point (no-op with one process).
+
+  A barrier of the ``jax.distributed`` coordination service (Orbax's), not a device collective: it is meant for
+  places where processes may arrive far apart (compilation, uneven evaluation work), where the first collective of
+  the CPU backend's gloo (30 s rendezvous) would time out.
+  """
+  if jax.process_count() == 1:
+    return
+  _BARRIERS[name] = _BARRIERS.get(name, 0) + 1
+  ocp.multihost.sync_global_processes(f"lliejax:{name}:{_BARRIERS[name]}", timeout=timeout_s,
+                                      processes=set(range(jax.process_count())))
+
+
+_BARRIERS: dict[str, int] = {}
+
+
 # ------------------------------------------------------------------------------------------------ exports
 @dataclasses.dataclass
 class Export:
@@ -180,7 +195,7 @@ def export(directory: str, params, *, config, method: str, method_module: str | 
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.makedirs(directory)
-  parallel.sync("lliejax-export-dir")
+  sync_processes("export-dir")
   has_frozen = frozen is not None and _has_leaves(frozen)
   with ocp.PyTreeCheckpointer() as ckptr:
     ckptr.save(os.path.join(directory, "params"), jax.tree_util.tree_map(np.asarray, params))
@@ -191,7 +206,7 @@ def export(directory: str, params, *, config, method: str, method_module: str | 
             "config": to_plain(config), "frozen": has_frozen, **to_plain(meta)}
     with open(os.path.join(directory, EXPORT_META), "w") as f:
       json.dump(info, f, indent=2)
-  parallel.sync("lliejax-export-done")
+  sync_processes("export-done")
   return directory
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lliejax import inference, metrics, parallel
+from lliejax import checkpoint, inference, metrics, parallel
 
 SCORES = ("psnr", "ssim", "psnr_input", "ssim_input")
 
@@ -54,7 +54,7 @@ def evaluate_dataset(enhancer: inference.Enhancer, data_cfg: Any, *, key: jax.Ar
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
       raise FileExistsError(f"output directory {out_dir} is not empty; pass --overwrite to replace its files")
-    parallel.sync("lliejax-evaluate-outdir-checked")
+    checkpoint.sync_processes("evaluate-out-dir")
     os.makedirs(out_dir, exist_ok=True)
   items = source.eval_items(data_cfg, split=split, max_images=max_images)
   if not items:
@@ -80,6 +80,7 @@ def evaluate_dataset(enhancer: inference.Enhancer, data_cfg: Any, *, key: jax.Ar
     images.append((ex["name"], (ex["lq"], np.clip(out, 0, 1), ex["gt"])))
     if out_dir is not None:
       image_io.write_png(os.path.join(out_dir, f"{ex['name']}.png"), out, overwrite=overwrite)
+  checkpoint.sync_processes("evaluate-scores")  # processes finish their shares at different times
   scores = parallel.process_sum(scores)
   rows = [{"name": item.name, **dict(zip(SCORES, map(float, s)))} for item, s in zip(items, scores)]
   mean = {k: float(np.mean([r[k] for r in rows])) for k in SCORES}

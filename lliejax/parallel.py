@@ -82,10 +82,3 @@ def process_sum(x: np.ndarray) -> np.ndarray:
     return x
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
-
-
-def sync(name: str) -> None:
-  """A barrier across processes (no-op with one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)

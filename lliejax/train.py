@@ -131,6 +131,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
   for step in range(start + 1, total + 1):
     local = next(data_iter)
     batch = parallel.global_batch({"lq": local["lq"], "gt": local["gt"]}, mesh)
+    if step == start + 1:  # compile, then let every process reach the first collective together
+      step_fn = step_fn.lower(state, frozen, batch, train_key).compile()
+      checkpoint.sync_processes("train-step-compiled")
     state, step_metrics = step_fn(state, frozen, batch, train_key)
     if pending is not None:
       check(*pending)  # one step behind, so the host does not wait for the device every step
