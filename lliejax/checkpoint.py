@@ -71,8 +71,32 @@ class TrainCheckpoints:
     self._mngr.save(step, args=ocp.args.StandardSave(state))
 
   def restore(self, step: int, target):
-    """The state of ``step``; ``target`` is an abstract pytree (``jax.ShapeDtypeStruct`` leaves, with shardings)."""
-    return self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+    """The state of ``step``; ``target`` is an abstract train state (``jax.ShapeDtypeStruct`` leaves, shardings).
+
+    A lliejax 0.1 checkpoint (whose state has ``ema_params`` where 0.2 has ``ema = {'ema': ...}``) is restored
+    into the new layout.
+
+    Raises:
+      ValueError: the checkpoint does not fit ``target`` (another method or architecture), naming the step.
+    """
+    try:
+      return self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+    except ValueError as e:
+      error = e
+    if set(getattr(target, "ema", {})) == {"ema"}:
+      legacy = {"step": target.step, "params": target.params, "ema_params": target.ema["ema"],
+                "opt_state": target.opt_state}
+      try:
+        old = self._mngr.restore(step, args=ocp.args.StandardRestore(legacy))
+      except ValueError:
+        pass
+      else:
+        logging.info("restored a lliejax 0.1 train state (ema_params) from %s/%d", self.directory, step)
+        return target.replace(step=old["step"], params=old["params"], ema={"ema": old["ema_params"]},
+                              opt_state=old["opt_state"])
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ValueError(f"{self.directory}/{step}: the checkpoint does not fit this method's train state ({first}); "
+                     "resume it with the config it was written with, or use a new workdir") from error
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()

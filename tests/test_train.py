@@ -1,5 +1,6 @@
 """Training: the jitted step learns, is device-count invariant, follows the EMA/LR rules, stops on NaN and resumes."""
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +163,20 @@ def test_resume_after_interruption_equals_uninterrupted(tfds_dir, tmp_path):
   ea, eb = _final_params(str(tmp_path / "a"), ema=True)[0], _final_params(str(tmp_path / "b"), ema=True)[0]
   for a, b in zip(jax.tree_util.tree_leaves(ea), jax.tree_util.tree_leaves(eb)):
     np.testing.assert_array_equal(a, b)
+  # A lliejax 0.1 checkpoint (the state with 'ema_params') resumes too, to the same parameters.
+  step3, _, _, _ = state_lib.restore_from_workdir(str(tmp_path / "b"), step=3)
+  shutil.copytree(tmp_path / "b", tmp_path / "c", ignore=shutil.ignore_patterns("checkpoints", "export"))
+  with checkpoint.TrainCheckpoints(str(tmp_path / "c")) as ckpts:
+    ckpts.save(3, {"step": step3.step, "params": step3.params, "ema_params": step3.ema["ema"],
+                   "opt_state": step3.opt_state})
+  train.train_and_evaluate(config, str(tmp_path / "c"))
+  for a, b in zip(jax.tree_util.tree_leaves(_final_params(str(tmp_path / "c"))[0]), jax.tree_util.tree_leaves(pa)):
+    np.testing.assert_array_equal(a, b)
+  other = _demo_config(tfds_dir)
+  other.optim.name = "lion"  # another optimizer state: a clear error, not Orbax's tree dump
+  with pytest.raises(ValueError, match="does not fit this method's train state"), \
+      checkpoint.TrainCheckpoints(str(tmp_path / "c")) as ckpts:
+    ckpts.restore(6, state_lib.abstract(methods.build(other), optim.make_optimizer(other)))
   # The export holds the EMA params for inference.
   exported = checkpoint.load_export(str(tmp_path / "a" / "export"))
   assert exported.info["step"] == 6 and exported.method == "entropy_sde" and exported.config.model.width == 8
