@@ -165,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                       step=int(state.step), ema=method.export_ema in state.ema)
     if config.eval_every:
       validate(method, state.export_params(method), frozen, config, step=total, writer=writer, key=eval_key)
-  writer.flush()
+  writer.close()
   return state
 
 

@@ -41,8 +41,8 @@ def test_two_processes_equal_one_process(tfds_dir, tmp_path):
                                      JAX_PROCESS_ID=str(i)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-4000:]
+  assert [p.returncode for p in procs] == [0, 0], "\n\n".join(
+      f"process {i} (exit status {p.returncode}):\n{err[-3000:]}" for i, (p, (_, err)) in enumerate(zip(procs, outs)))
 
   with open(one) as f:
     a = json.load(f)
