@@ -213,7 +213,9 @@ def export(directory: str, params, *, config, method: str, method_module: str | 
     if not is_export_dir(directory):
       raise FileExistsError(f"refusing to overwrite {directory}: it exists and is not a lliejax export "
                             f"(no {EXPORT_META})")
-  # In a multi-process job every process calls this (Orbax synchronises them); process 0 owns the folder.
+  # In a multi-process job every process calls this (Orbax synchronises them); process 0 owns the folder, and
+  # changes it only once every process has checked it as it was.
+  sync_processes("export-checked")
   primary = jax.process_index() == 0
   if primary:
     if os.path.exists(directory):
