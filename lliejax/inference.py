@@ -33,25 +33,32 @@ class Enhancer:
   frozen: Any
   source: str
   info: dict
-  _runners: dict = dataclasses.field(default_factory=dict, repr=False)
+  # Jitted samplers (shared by with_params copies: compiled once per training run) and params placed per mesh.
+  _jitted: dict = dataclasses.field(default_factory=dict, repr=False)
+  _placed: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def with_params(self, params) -> Enhancer:
+    """The same method with other parameters, reusing the compiled samplers (validation during training)."""
+    return dataclasses.replace(self, params=params, _placed={})
 
   def _runner(self, sampler: str | None, steps: int | None, devices: tuple) -> Callable:
     """``(lq (n, H, W, C), keys (n,)) -> outputs``: jitted, the batch sharded over ``devices`` (n of them)."""
+    mesh = parallel.make_mesh(devices)
+    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
     cache_key = (sampler, steps, devices)
-    if cache_key not in self._runners:
+    if cache_key not in self._jitted:
       method = self.method
 
       def one(params, frozen, lq, key):
         return method.sample(params, frozen, lq[None], key, sampler=sampler, steps=steps)[0]
 
-      mesh = parallel.make_mesh(devices)
-      repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-      run = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0)), in_shardings=(repl, repl, data, data),
-                    out_shardings=data)
+      self._jitted[cache_key] = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0)),
+                                        in_shardings=(repl, repl, data, data), out_shardings=data)
+    if devices not in self._placed:
       # Once, not at every call. Replicated global arrays (during multi-host training) via their local copy.
-      params, frozen = jax.device_put(jax.tree_util.tree_map(_host_local, (self.params, self.frozen)), repl)
-      self._runners[cache_key] = lambda lq, keys: run(params, frozen, lq, keys)
-    return self._runners[cache_key]
+      self._placed[devices] = jax.device_put(jax.tree_util.tree_map(_host_local, (self.params, self.frozen)), repl)
+    run, (params, frozen) = self._jitted[cache_key], self._placed[devices]
+    return lambda lq, keys: run(params, frozen, lq, keys)
 
   def enhance(self, image: np.ndarray, key: jax.Array, *, sampler: str | None = None,
               steps: int | None = None) -> np.ndarray:

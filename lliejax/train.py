@@ -128,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                                f"training stopped, {where}")
 
   collection = None
+  enhancer = inference.Enhancer(method=method, params=None, frozen=frozen, source=workdir, info={})
   for step in range(start + 1, total + 1):
     local = next(data_iter)
     batch = parallel.global_batch({"lq": local["lq"], "gt": local["gt"]}, mesh)
@@ -152,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
       ckpts.save(step, state)
       last_saved = step
     if config.eval_every and step % config.eval_every == 0 and step != total:
-      validate(method, state.export_params(method), frozen, config, step=step, writer=writer, key=eval_key)
+      validate(enhancer.with_params(state.export_params(method)), config, step=step, writer=writer, key=eval_key)
     if step == stop_at:
       break
   if pending is not None:
@@ -164,15 +165,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_
                       frozen=jax.device_get(method.inference_frozen(frozen)), overwrite=True, source=workdir,
                       step=int(state.step), ema=method.export_ema in state.ema)
     if config.eval_every:
-      validate(method, state.export_params(method), frozen, config, step=total, writer=writer, key=eval_key)
+      validate(enhancer.with_params(state.export_params(method)), config, step=total, writer=writer, key=eval_key)
   writer.close()
   return state
 
 
-def validate(method, params, frozen, config, *, step, writer, key):
+def validate(enhancer: inference.Enhancer, config, *, step, writer, key):
   """Scores of the first ``config.eval_num_images`` evaluation images with the validation sampler."""
-  enhancer = inference.Enhancer(method=method, params=params, frozen=frozen, source="training", info={})
-  result = evaluate.evaluate_dataset(enhancer, config.data, key=key, sampler=method.default_sampler("validation"),
+  result = evaluate.evaluate_dataset(enhancer, config.data, key=key,
+                                     sampler=enhancer.method.default_sampler("validation"),
                                      max_images=config.eval_num_images)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in result["mean"].items()})
   if config.write_images:

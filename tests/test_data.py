@@ -262,6 +262,25 @@ def test_paired_augment_matches_reference():
     augment.paired_augment(lq, gt, np.random.default_rng(0), patch_size=64, name="tiny")
 
 
+def test_crop_flip_policy():
+  """The same crop / flip / rotation for LQ and GT (LQ = GT / 4 survives), every pose drawn, config fields read."""
+  lq, gt = _pair(np.random.default_rng(1), 30, 37)
+  policy = augment.from_config({"augment": "crop_flip", "patch_size": 16, "rot90": True})
+  assert policy == augment.CropFlip(patch_size=16, rot90=True)
+  poses = set()
+  for s in range(60):
+    out_lq, out_gt = policy(lq, gt, np.random.default_rng(s))
+    r = np.random.default_rng(s)
+    top, left, hflip, k = r.integers(0, 15), r.integers(0, 22), r.random() < 0.5, r.integers(0, 4)
+    x = gt[top:top + 16, left:left + 16].astype(np.float32) / 255
+    np.testing.assert_allclose(out_gt, np.rot90(x[:, ::-1] if hflip else x, k), atol=1e-7)
+    np.testing.assert_allclose(out_lq, out_gt / 4, atol=2e-6)
+    poses.add((bool(hflip), int(k)))
+  assert len(poses) == 8
+  with pytest.raises(ValueError, match="config.data.augment='mixup'"):
+    augment.from_config({"augment": "mixup"})
+
+
 def test_determinism_and_resume(lol_v1):
   cfg = _cfg(lol_v1)
   a = _take(data.train_iterator(cfg, seed=7, batch_size=4), 6)

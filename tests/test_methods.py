@@ -118,3 +118,20 @@ def test_second_method_end_to_end(tfds_dir, tmp_path):
   got = np.asarray(Image.open(tmp_path / "out" / "dark.png"))
   want = enhancer.enhance(image.astype(np.float32) / 255, jax.random.fold_in(jax.random.key(0), 0), steps=3)
   np.testing.assert_array_equal(got, np.round(np.clip(want, 0, 1) * 255).astype(np.uint8))
+
+
+def test_enhancer_with_params_reuses_the_compiled_sampler():
+  """Validation during training swaps the parameters, not the compiled sampler (no recompilation per validation)."""
+  method = methods.build(entropy_config("tiny"))
+  p0, p1 = method.init_params(jax.random.key(0)), method.init_params(jax.random.key(1))
+  base = inference.Enhancer(method=method, params=p0, frozen={}, source="test", info={})
+  image = np.random.default_rng(0).random((12, 16, 3)).astype(np.float32)
+  a = base.enhance(image, jax.random.key(3))
+  other = base.with_params(p1)
+  b = other.enhance(image, jax.random.key(3))
+  assert other._jitted is base._jitted and len(base._jitted) == 1  # pylint: disable=protected-access
+  (run,) = base._jitted.values()  # pylint: disable=protected-access
+  assert run._cache_size() == 1  # pylint: disable=protected-access
+  want = jax.jit(lambda p, x: method.sample(p, {}, x, jax.random.key(3)))(p1, image[None])[0]
+  np.testing.assert_allclose(b, want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(a, b)
