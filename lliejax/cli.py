@@ -60,6 +60,21 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
   _sampling_args(p, "sampler seed")
 
 
+def _protocol_args(p: argparse.ArgumentParser) -> None:
+  from lliejax.metrics import conventions  # pylint: disable=import-outside-toplevel
+  listing = "; ".join(f"{n}: {c.description}" for n, c in conventions.CONVENTIONS.items())
+  p.add_argument("--protocol", default=None, help="evaluation protocol (default: the method's PSNR/SSIM "
+                 f"convention; 'standard' with --results). {listing}")
+  p.add_argument("--compare", default=None, metavar="P1,P2,...", help="also score under these protocols, side by "
+                 "side ('all' = every protocol)")
+  p.add_argument("--results", default=None, metavar="DIR", help="score the images in DIR (no model) against --gt "
+                 "(matched by file name); without --gt only NIQE")
+  p.add_argument("--gt", default=None, metavar="DIR", help="ground-truth folder for --results")
+  p.add_argument("--fid-weights", default=None, metavar="PT_INCEPTION", help="with --results/--gt: also the FID "
+                 "of the two sets, with pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a local file)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="lliejax", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,11 +90,15 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--stop-at", type=int, default=None, help="stop (as if interrupted) after this step")
   _eval_args(t)
 
-  e = sub.add_parser("eval", help="enhance a dataset split, write the PNGs and metrics.json",
-                     description="Evaluate a trained workdir or an export: writes the enhanced PNGs and metrics.json.")
+  e = sub.add_parser("eval", help="enhance a dataset split and score it, or score saved results (--results)",
+                     description="Evaluate a trained workdir or an export on a dataset split (writes the enhanced "
+                     "PNGs, metrics.json and per-protocol CSV/JSON), or score a folder of saved results against a "
+                     "ground-truth folder (--results A --gt B). --protocol picks a paper's evaluation convention; "
+                     "--compare shows several side by side.")
   _config_args(e)
   e.add_argument("--workdir", help="a training workdir")
   _eval_args(e)
+  _protocol_args(e)
 
   n = sub.add_parser("enhance", help="enhance your own image files or folders",
                      description="Enhance image files or folders with a trained workdir or an export. Any size, "
@@ -214,14 +233,53 @@ def _evaluate(args, config=None) -> dict:
   registry.prepare(config.data.name, data_dir=config.data.get("data_dir"), manual_dir=config.data.get("manual_dir"))
   split = args.split or config.data.get("eval_split", "test")
   out = args.out or os.path.join(source, f"eval_{split}")
+  protocol, compare = _protocols(args)
   result = evaluate.evaluate_dataset(enhancer, config.data, key=jax.random.key(args.seed), sampler=args.sampler,
                                      steps=args.steps, split=split, max_images=args.max_images, out_dir=out,
-                                     overwrite=args.overwrite, crop_border=args.crop_border, progress=True)
+                                     overwrite=args.overwrite, crop_border=args.crop_border, convention=protocol,
+                                     compare=compare, progress=not getattr(args, "quiet", False))
   m = result["mean"]
-  print(f"{result['num_images']} images, sampler {result['sampler']}: PSNR {m['psnr']:.3f} dB, SSIM {m['ssim']:.4f} "
-        f"(input: PSNR {m['psnr_input']:.3f} dB, SSIM {m['ssim_input']:.4f})")
-  print(f"enhanced PNGs and metrics.json in {out}")
+  line = f"{result['num_images']} images, sampler {result['sampler']}, protocol {result['convention']}: "
+  line += ", ".join(f"{k} {v:.4f}" for k, v in m.items() if not k.endswith("_input"))
+  if "psnr_input" in m:
+    line += f" (input: PSNR {m['psnr_input']:.3f} dB, SSIM {m['ssim_input']:.4f})"
+  print(line)
+  if len(result["protocols"]) > 1:
+    print(evaluate.compare_table(result["protocols"]))
+  print(f"enhanced PNGs, metrics.json and metrics_<protocol>.csv/json in {out}")
   return result
+
+
+def _protocols(args) -> tuple[str | None, list[str]]:
+  from lliejax.metrics import conventions  # pylint: disable=import-outside-toplevel
+  protocol = getattr(args, "protocol", None)
+  compare = [c.strip() for c in (getattr(args, "compare", None) or "").split(",") if c.strip()]
+  if compare == ["all"]:
+    compare = conventions.names()
+  for name in ([protocol] if protocol else []) + compare:
+    conventions.get(name)  # a clear error naming the unknown protocol before any work
+  return protocol, compare
+
+
+def _score_folders(args) -> int:
+  from lliejax import evaluate  # pylint: disable=import-outside-toplevel
+
+  protocol, compare = _protocols(args)
+  names = [protocol or "standard"] + [c for c in compare if c != (protocol or "standard")]
+  for flag in ("workdir", "checkpoint", "config", "method", "split", "max_images"):
+    if getattr(args, flag, None):
+      raise ValueError(f"--results scores saved images; --{flag.replace('_', '-')} does not apply")
+  if args.fid_weights and not args.gt:
+    raise ValueError("--fid-weights needs --gt (FID compares the results with the ground-truth set)")
+  result = evaluate.evaluate_folders(args.results, args.gt, names, crop_border=args.crop_border,
+                                     fid_weights=args.fid_weights, progress=not args.quiet)
+  print(f"{result['num_images']} images: {result['results']}" + (f" vs {result['gt']}" if result["gt"] else
+                                                                  " (no ground truth: NIQE only)"))
+  print(evaluate.compare_table(result["protocols"]))
+  if args.out:
+    paths = evaluate.write_tables(result["protocols"], args.out, overwrite=args.overwrite)
+    print(f"per-image CSV/JSON: {', '.join(os.path.basename(p) for p in paths)} in {os.path.abspath(args.out)}")
+  return 0
 
 
 def train(config, workdir: str, *, stop_at: int | None = None):
@@ -252,6 +310,11 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+  if args.results:
+    _start(distributed=False)
+    return _score_folders(args)
+  if args.gt or args.fid_weights:
+    raise ValueError("--gt and --fid-weights go with --results (scoring saved images)")
   _start()
   _evaluate(args)
   return 0

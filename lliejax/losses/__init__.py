@@ -9,7 +9,12 @@ neighbour weights from it), scaled by ``cfg.weight``:
 ``cross``              cross-entropy between the KDE histograms (official argument order).
 ``hellinger``          Hellinger distance (what the released Entropy-SDE config's ``loss_type: en`` runs).
 ``hellinger_smooth``   Hellinger + mean |G*pred - G*target| (the official ``helsmooth``).
+``lpips``              LPIPS (``net``: ``alex``/``vgg``, ``input_range``: ``[0,1]``/``[-1,1]``, required),
+                       :mod:`lliejax.losses.perceptual`; needs frozen parameters (:func:`frozen_params`).
 =====================  ==========================================================================================
+
+A loss with pretrained parameters takes them as ``loss(pred, target, key, frozen=...)``; :func:`frozen_params`
+gives them (None for the others), and methods keep them in their frozen tree (never closed over in jit).
 
 The entropy losses are in :mod:`lliejax.losses.entropy`; every ``config.loss`` key there is passed through.
 A method decides what ``pred`` and ``target`` are (Entropy-SDE: the predicted and optimum reverse states).
@@ -22,14 +27,33 @@ import jax
 
 from lliejax.losses import pixel
 
-LossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+LossFn = Callable[..., jax.Array]  # (pred, target, key, frozen=None) -> scalar
 PIXEL_LOSSES = {"l1": pixel.l1, "l2": pixel.l2}
 ENTROPY_LOSSES = ("kl", "cross", "hellinger", "hellinger_smooth")
+FROZEN_LOSSES = ("lpips",)
 
 
 def names() -> tuple[str, ...]:
   """Every loss :func:`get` knows."""
-  return tuple(PIXEL_LOSSES) + ENTROPY_LOSSES
+  return tuple(PIXEL_LOSSES) + ENTROPY_LOSSES + FROZEN_LOSSES
+
+
+def frozen_params(cfg):
+  """The fixed pretrained parameters loss ``cfg.name`` needs (a pytree), or None."""
+  if cfg.name == "lpips":
+    from lliejax.losses import perceptual  # pylint: disable=import-outside-toplevel
+    return perceptual.lpips_frozen(_lpips_options(cfg)[0])
+  return None
+
+
+def _lpips_options(cfg) -> tuple[str, str]:
+  net = cfg.get("net", "vgg")
+  if net not in ("alex", "vgg"):
+    raise ValueError(f"config.loss.net={net!r}: the lpips loss takes 'alex' or 'vgg'")
+  if cfg.get("input_range") not in ("[0,1]", "[-1,1]"):
+    raise ValueError(f"config.loss.input_range={cfg.get('input_range')!r}: the lpips loss needs the range of the "
+                     "images it compares, '[0,1]' or '[-1,1]' (see lliejax.losses.perceptual)")
+  return net, cfg.input_range
 
 
 def get(cfg) -> LossFn:
@@ -38,7 +62,18 @@ def get(cfg) -> LossFn:
   weight = float(cfg.get("weight", 1.0))
   if name in PIXEL_LOSSES:
     fn = PIXEL_LOSSES[name]
-    return lambda pred, target, key: weight * fn(pred, target)
+    return lambda pred, target, key, frozen=None: weight * fn(pred, target)
+  if name == "lpips":
+    from lliejax.losses import perceptual  # pylint: disable=import-outside-toplevel
+    net, input_range = _lpips_options(cfg)
+
+    def lpips(pred, target, key, frozen=None):
+      del key
+      if frozen is None:
+        raise ValueError("the lpips loss needs its pretrained parameters: pass frozen=losses.frozen_params(cfg)")
+      return weight * perceptual.lpips_loss(frozen, pred, target, net=net, input_range=input_range)
+
+    return lpips
   if name in ENTROPY_LOSSES:
     from lliejax.losses import entropy  # pylint: disable=import-outside-toplevel
 
@@ -51,7 +86,8 @@ def get(cfg) -> LossFn:
     if cfg.get("eps") is not None:
       kwargs["eps"] = float(cfg.eps)
 
-    def loss(pred, target, key):
+    def loss(pred, target, key, frozen=None):
+      del frozen
       return weight * entropy.spatial_entropy_loss(pred, target, key=key, **kwargs)
 
     return loss

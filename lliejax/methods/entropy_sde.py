@@ -59,12 +59,23 @@ class EntropySDE(Method):
 
   def loss(self, params, frozen, batch, key, *, ema):
     """``weight * D(x_hat_{t-1}, x*_{t-1})`` of the maximum-likelihood objective (module docstring)."""
-    del frozen, ema
+    del ema
     if self._loss is None:
       raise ValueError("entropy_sde: the config has no 'loss' section")
     k_sde, k_loss = jax.random.split(key)
     pred, target, _ = irsde.ml_pair(self.sde, self.noise_fn(params), batch["gt"], batch["lq"], k_sde)
-    return self._loss(pred, target, k_loss), {}
+    return self._loss(pred, target, k_loss, frozen=frozen.get("loss")), {}
+
+  def init_frozen(self, key):
+    """The pretrained parameters of ``config.loss`` (LPIPS), under ``'loss'``; none for the other losses."""
+    del key
+    loss_params = losses.frozen_params(self.config.loss) if self.config.get("loss") is not None else None
+    return {} if loss_params is None else {"loss": loss_params}
+
+  def inference_frozen(self, frozen):
+    """Sampling needs no frozen parameters (the loss's stay out of exports)."""
+    del frozen
+    return {}
 
   def sample(self, params, frozen, lq, key, *, sampler=None, steps=None):
     """All ``T`` reverse steps (``sampler``: posterior, sde or ode) from ``x_T = lq + lambda * noise``."""
