@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lliejax import cli
+from lliejax import checkpoint, cli
 from lliejax.data import image_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +64,39 @@ def test_eval_writes_metrics_json_and_pngs(workdir, tmp_path, tfds_dir):
   assert cli.main(["eval", "--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir]) == 2
   assert cli.main(["eval", "--workdir", workdir, "--max-images", "1", "--out", out, "--data-dir", tfds_dir,
                    "--overwrite"]) == 0
+
+
+def test_eval_protocol_and_compare_on_a_dataset(workdir, tmp_path, tfds_dir, capsys):
+  """--protocol picks the convention; --compare scores the same outputs under more protocols."""
+  out = str(tmp_path / "eval")
+  assert cli.main(["eval", "--workdir", workdir, "--max-images", "2", "--out", out, "--data-dir", tfds_dir,
+                   "--protocol", "reddit", "--compare", "anlightendiff_fs", "--quiet"]) == 0
+  printed = capsys.readouterr().out
+  assert "protocol reddit" in printed and "| metric | reddit | anlightendiff_fs |" in printed
+  with open(os.path.join(out, "metrics.json")) as f:
+    m = json.load(f)
+  assert m["convention"] == "reddit" and set(m["protocols"]) == {"reddit", "anlightendiff_fs"}
+  assert set(m["mean"]) == {"psnr", "ssim", "lpips", "psnr_input", "ssim_input"}
+  assert set(m["protocols"]["anlightendiff_fs"]["mean"]) == {"psnr", "ssim", "ssim_gray", "lpips", "psnr_input",
+                                                             "ssim_input"}
+  # Each per-image value is the convention applied to the written PNG (8-bit: what the output rounds to) and GT.
+  from lliejax.data import source
+  from lliejax.metrics import conventions
+  config = checkpoint.load_workdir_config(workdir)
+  config.data.data_dir = tfds_dir
+  items = {it.name: it for it in source.eval_items(config.data, split=config.data.get("eval_split", "test"),
+                                                   max_images=2)}
+  for row in m["protocols"]["reddit"]["per_image"]:
+    res, _, _ = image_io.read_image_uint8(os.path.join(out, row["name"] + ".png"))
+    ref = conventions.get("reddit").score(res, items[row["name"]].load()["gt"])
+    for k in ("psnr", "ssim", "lpips"):
+      assert row[k] == pytest.approx(ref[k], abs=1e-5), k
+  with open(os.path.join(out, "metrics_anlightendiff_fs.csv")) as f:
+    lines = f.read().splitlines()
+  assert lines[0] == "name,psnr,ssim,ssim_gray,lpips,psnr_input,ssim_input" and lines[-1].startswith("mean,")
+  assert len(lines) == 4
+  assert cli.main(["eval", "--workdir", workdir, "--out", str(tmp_path / "x"), "--protocol", "redit"]) == 2
+  assert "unknown evaluation protocol 'redit'" in capsys.readouterr().err
 
 
 def _write_inputs(d):
