@@ -139,19 +139,19 @@ class LPIPS(nn.Module):
                        f"{in1.shape}")
     if normalize:
       in0, in1 = 2.0 * in0 - 1.0, 2.0 * in1 - 1.0
-    x = jnp.concatenate([in0, in1], axis=0)
-    x = (x - jnp.asarray(_LPIPS_SHIFT, x.dtype)) / jnp.asarray(_LPIPS_SCALE, x.dtype)
     if self.net == "alex":
-      feats = AlexNetTrunk(self.precision, name="trunk")(x)
+      trunk = AlexNetTrunk(self.precision, name="trunk")
     elif self.net == "vgg":
-      feats = VGG16Trunk("max", self.precision, name="trunk")(x)
+      trunk = VGG16Trunk("max", self.precision, name="trunk")
     else:
       raise ValueError(f"unknown LPIPS network {self.net!r}; expected 'alex' or 'vgg'")
-    b = in0.shape[0]
+    shift, scale = jnp.asarray(_LPIPS_SHIFT, in0.dtype), jnp.asarray(_LPIPS_SCALE, in0.dtype)
+    # Two trunk calls (shared parameters), not one on the concatenated pair: a gradient with respect to one image
+    # then back-propagates through its half only, as in the PyTorch package.
+    feats = list(zip(trunk((in0 - shift) / scale), trunk((in1 - shift) / scale)))
     total = 0.0
-    for k, f in enumerate(feats):
-      f = _unit_normalize(f)
-      d = jnp.square(f[:b] - f[b:])
+    for k, (f0, f1) in enumerate(feats):
+      d = jnp.square(_unit_normalize(f0) - _unit_normalize(f1))
       d = nn.Conv(1, (1, 1), use_bias=False, precision=self.precision, name=f"lin{k}")(d)
       total = total + jnp.mean(d, axis=(1, 2, 3))
     return total
@@ -173,18 +173,16 @@ class DISTS(nn.Module):
     n = sum(DISTS_CHANNELS)
     alpha = self.param("alpha", nn.initializers.constant(0.1), (n,))
     beta = self.param("beta", nn.initializers.constant(0.1), (n,))
-    b = x.shape[0]
-    xy = jnp.concatenate([x, y], axis=0)
-    h = (xy - jnp.asarray(_IMAGENET_MEAN, xy.dtype)) / jnp.asarray(_IMAGENET_STD, xy.dtype)
-    feats = [xy] + VGG16Trunk("l2", self.precision, name="trunk")(h)
+    trunk = VGG16Trunk("l2", self.precision, name="trunk")
+    mean, std = jnp.asarray(_IMAGENET_MEAN, x.dtype), jnp.asarray(_IMAGENET_STD, x.dtype)
+    feats = list(zip([x] + trunk((x - mean) / std), [y] + trunk((y - mean) / std)))  # the stages, raw input first
     w_sum = jnp.sum(alpha) + jnp.sum(beta)
     c1 = c2 = 1e-6
     dist1 = dist2 = 0.0
     start = 0
-    for f, c in zip(feats, DISTS_CHANNELS):
+    for (f0, f1), c in zip(feats, DISTS_CHANNELS):
       a_k, b_k = alpha[start:start + c] / w_sum, beta[start:start + c] / w_sum
       start += c
-      f0, f1 = f[:b], f[b:]
       m0, m1 = jnp.mean(f0, axis=(1, 2)), jnp.mean(f1, axis=(1, 2))
       v0 = jnp.mean(jnp.square(f0 - m0[:, None, None]), axis=(1, 2))
       v1 = jnp.mean(jnp.square(f1 - m1[:, None, None]), axis=(1, 2))
