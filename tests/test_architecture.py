@@ -47,9 +47,11 @@ def test_core_knows_only_the_method_interface(core):
   assert not bad, f"{core} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("package", ["lliejax.diffusion", "lliejax.losses", "lliejax.models"])
+@pytest.mark.parametrize("package", ["lliejax.diffusion", "lliejax.losses", "lliejax.models", "lliejax.metrics"])
 def test_building_blocks_import_only_each_other(package):
-  allowed = ("lliejax.diffusion", "lliejax.losses", "lliejax.models")
+  """Processes, losses, networks and metrics know only each other (and the weight-file readers of ``interop``)."""
+  allowed = ("lliejax.diffusion", "lliejax.losses", "lliejax.models", "lliejax.metrics", "lliejax.interop.torch_io",
+             "lliejax.interop.keymap")
   for module in (m for m in MODULES if m == package or m.startswith(package + ".")):
     bad = {m for m in _lliejax_imports(module) if not m.startswith(allowed)}
     assert not bad, f"{module} imports {sorted(bad)}"
