@@ -240,6 +240,7 @@ def write_tables(protocols: dict, out_dir: str, *, overwrite: bool = False) -> l
   for name, summary in protocols.items():
     rows = summary["per_image"]
     fields = ["name"] + [k for k in (rows[0] if rows else {}) if k != "name"]
+    fields += [k for k in summary["mean"] if k not in fields]  # set-level scores (FID): the mean row only
     with open(os.path.join(out_dir, f"metrics_{name}.csv"), "w", newline="") as f:
       w = csv.DictWriter(f, fieldnames=fields)
       w.writeheader()

@@ -350,3 +350,31 @@ def test_real_weights_match_pytorch_fid(monkeypatch):
   print(f"\nreal weights: max|d|/max|ref| = {rel_max:.2e}, max elementwise rel = {rel_elem:.2e}")
   assert rel_max < FEATURE_RTOL
   np.testing.assert_allclose(got, ref, rtol=FEATURE_RTOL, atol=FEATURE_RTOL * np.abs(ref).max())
+
+
+def test_eval_folders_fid_uses_the_files_features(torch_fid, tmp_path, monkeypatch):
+  """``lliejax eval --results A --gt B --fid-weights W``: the FID statistics are those of the files' features."""
+  from PIL import Image
+
+  from lliejax import cli
+
+  res, gt = tmp_path / "res", tmp_path / "gt"
+  res.mkdir()
+  gt.mkdir()
+  photos = [np.ascontiguousarray(p) for p in torch_fid.photos]
+  for i, img in enumerate(photos):
+    Image.fromarray(img).save(gt / f"{i}.png")
+    Image.fromarray(img[::-1]).save(res / f"{i}.png")  # flipped: other features
+  seen = []
+  monkeypatch.setattr(F, "frechet_distance", lambda *args: seen.append(args) or 12.5)
+  out = str(tmp_path / "out")
+  assert cli.main(["eval", "--protocol", "reddit", "--results", str(res), "--gt", str(gt), "--fid-weights",
+                   torch_fid.path, "--out", out, "--quiet"]) == 0
+  ref_fake = _torch_features(torch_fid.model, [p[::-1] for p in photos])
+  ref_real = _torch_features(torch_fid.model, photos)
+  scale = np.abs(ref_real).max()
+  np.testing.assert_allclose(seen[0][0], ref_fake.mean(0), rtol=0, atol=1e-5 * scale)
+  np.testing.assert_allclose(seen[0][2], ref_real.mean(0), rtol=0, atol=1e-5 * scale)
+  import json
+  with open(os.path.join(out, "metrics_reddit.json")) as f:
+    assert json.load(f)["mean"]["fid"] == 12.5
