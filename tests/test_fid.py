@@ -370,7 +370,7 @@ def test_eval_folders_fid_uses_the_files_features(torch_fid, tmp_path, monkeypat
   out = str(tmp_path / "out")
   assert cli.main(["eval", "--protocol", "reddit", "--results", str(res), "--gt", str(gt), "--fid-weights",
                    torch_fid.path, "--out", out, "--quiet"]) == 0
-  ref_fake = _torch_features(torch_fid.model, [p[::-1] for p in photos])
+  ref_fake = _torch_features(torch_fid.model, [np.ascontiguousarray(p[::-1]) for p in photos])
   ref_real = _torch_features(torch_fid.model, photos)
   scale = np.abs(ref_real).max()
   np.testing.assert_allclose(seen[0][0], ref_fake.mean(0), rtol=0, atol=1e-5 * scale)
