@@ -51,7 +51,7 @@ def test_core_knows_only_the_method_interface(core):
 def test_building_blocks_import_only_each_other(package):
   """Processes, losses, networks and metrics know only each other (and the weight-file readers of ``interop``)."""
   allowed = ("lliejax.diffusion", "lliejax.losses", "lliejax.models", "lliejax.metrics", "lliejax.interop.torch_io",
-             "lliejax.interop.keymap")
+             "lliejax.interop.keymap", "lliejax.fileutil")
   for module in (m for m in MODULES if m == package or m.startswith(package + ".")):
     bad = {m for m in _lliejax_imports(module) if not m.startswith(allowed)}
     assert not bad, f"{module} imports {sorted(bad)}"

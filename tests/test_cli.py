@@ -153,9 +153,18 @@ def test_enhance_is_reproducible_and_same_as_exported_params(workdir, tmp_path):
   assert cli.main(["enhance", src, "--model", os.path.join(workdir, "export"), "--out", b, "--quiet", "--seed", "3"]) == 0
   np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(a, "photo.png"))),
                                 np.asarray(Image.open(os.path.join(b, "photo.png"))))
+  # Outputs are readable by others under the usual umask (the atomic writer's temporary file is 0600).
+  from lliejax import fileutil
+  assert os.stat(os.path.join(a, "photo.png")).st_mode & 0o777 == 0o666 & ~fileutil.umask()
+  # --out naming an existing file: one line, exit 2.
+  assert cli.main(["enhance", src, "--checkpoint", workdir, "--out", src, "--quiet"]) == 2
 
 
 def test_enhance_bad_model_and_missing_input(tmp_path, capsys):
+  # --out is an existing file: refused before anything is loaded.
+  (tmp_path / "afile").write_text("x")
+  assert cli.main(["enhance", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "afile")]) == 2
+  assert "is an existing file; give a folder" in capsys.readouterr().err
   inp = str(tmp_path / "in")
   _write_inputs(inp)
   assert cli.main(["enhance", inp, "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2

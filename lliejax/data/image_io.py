@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from lliejax import fileutil
 from lliejax.metrics import to_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -383,6 +384,7 @@ def _atomic_write(path: pathlib.Path, payload: bytes, overwrite: bool) -> None:
                           "(pass overwrite=True)", str(path))
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
+    fileutil.make_public(tmp)  # mkstemp makes 0600; the result follows the umask
     with os.fdopen(fd, "wb") as f:
       f.write(payload)
       f.flush()

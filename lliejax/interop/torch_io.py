@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lliejax import fileutil
 from lliejax.interop.keymap import ConversionError, strip_prefix
 
 # Wrapper keys under which training scripts commonly nest a state_dict (only unwrapped when the value is itself
@@ -82,16 +83,23 @@ def _unwrap(obj, path: str) -> dict:
 
 
 def _unpickling_message(path: str, e: Exception) -> str:
-  """Explain a ``weights_only`` refusal: an arbitrary pickled object, or bytes that are no checkpoint at all."""
+  """Explain a ``weights_only`` refusal: pickled code/objects, or bytes that are no checkpoint at all.
+
+  torch's own text (which suggests retrying with ``weights_only=False``, i.e. switching the protection off) is never
+  repeated; only the name of the refused global is kept.
+  """
   text = str(e)
-  mt = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", text, re.S)
-  detail = " ".join(mt.group(1).split()) if mt else (text.strip().splitlines() or [type(e).__name__])[0]
-  if "Unsupported global" in text:
-    return (f"{path}: not a plain state_dict: it pickles objects other than tensors ({detail}); "
-            "torch.load(weights_only=True) refuses them and lliejax never unpickles arbitrary objects. "
-            "Re-save only the tensors: torch.save(model.state_dict(), path)")
-  return (f"{path}: cannot read as a PyTorch checkpoint (corrupt file, or not written by torch.save?): "
-          f"torch.load(weights_only=True) failed: {detail}")
+  m = (re.search(r"unsupported GLOBAL ([\w.]+)", text, re.I) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+       or re.search(r"Unsupported (?:global|class)[^\n]*?([\w]+\.[\w.]+)", text))
+  if m or "GLOBAL" in text or "Unsupported global" in text:
+    what = f" (it refers to {m.group(1).rstrip('.')})" if m else ""
+    return (f"{path}: refused: the file contains pickled code or objects other than tensors{what}. lliejax never "
+            "loads such files, because unpickling them can run arbitrary code. If you trust its source, re-save only "
+            "the tensors with torch: torch.save(model.state_dict(), path)")
+  lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln
+           and "arbitrary code" not in ln]
+  detail = lines[0] if lines else type(e).__name__
+  return f"{path}: cannot read as a PyTorch checkpoint (corrupt file, or not written by torch.save?): {detail}"
 
 
 def _check_file(path: str) -> None:
@@ -249,6 +257,7 @@ def save_state_dict(state_dict: Mapping[str, Any], path: str, *, overwrite: bool
   fd, tmp = tempfile.mkstemp(prefix=".lliejax-", suffix=".pth.tmp", dir=os.path.dirname(path))
   os.close(fd)
   try:
+    fileutil.make_public(tmp)  # mkstemp makes 0600; the result follows the umask
     torch.save(sd, tmp)
     os.replace(tmp, path)
   finally:

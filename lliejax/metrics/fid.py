@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lliejax import fileutil
 from lliejax.interop.keymap import ConversionError, StateDictMismatchError
 
 Precision = Any
@@ -523,6 +524,7 @@ def convert_inception(pth: str | os.PathLike, npz_out: str | os.PathLike, *, ove
   os.makedirs(os.path.dirname(out), exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".lliejax-", suffix=".npz.tmp", dir=os.path.dirname(out))
   try:
+    fileutil.make_public(tmp)  # mkstemp makes 0600; the result follows the umask
     with os.fdopen(fd, "wb") as f:  # a file object: np.savez would append ".npz" to a name
       np.savez(f, **arrays)
     os.replace(tmp, out)
