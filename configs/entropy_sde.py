@@ -1,6 +1,8 @@
 """Entropy-SDE / Refusion configurations (``--config configs/entropy_sde.py:<variant>``).
 
-Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``demo,steps=200``):
+Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``demo,steps=200`` or
+``tiny,model.enc_blk_nums=(1,1),loss.eps=1e-10``; values take the declared type of their key (a None default is a
+``placeholder(type)``) and :func:`lliejax.config_utils.load_config` validates the result):
 
 =====================  ===========================================================================================
 ``lolv1``              LOL-v1 with the released hyper-parameters (AdamW 1e-4, cosine to 1e-6 over 500k iters,

@@ -304,6 +304,9 @@ def train(config, workdir: str, *, stop_at: int | None = None, progress: bool = 
   from lliejax import train as train_lib  # pylint: disable=import-outside-toplevel
   from lliejax.data import registry  # pylint: disable=import-outside-toplevel
 
+  from lliejax import config_utils  # pylint: disable=import-outside-toplevel
+  # After the overrides (and the demo's --steps): every key again, and the batch against this job's devices.
+  config_utils.validate_config(config, device_count=jax.device_count())
   logging.info("devices: %s", jax.devices())
   registry.prepare(config.data.name, data_dir=config.data.get("data_dir"), manual_dir=config.data.get("manual_dir"))
   extra = {k: True for k, v in (("progress", progress), ("force_config", force_config)) if v}

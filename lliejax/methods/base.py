@@ -32,10 +32,17 @@ from typing import Any, ClassVar, Mapping
 
 import jax
 
+from lliejax import config_utils as cu
 from lliejax import ema as ema_lib
 from lliejax import metrics
 
 Pytree = Any
+
+#: The ``config.data.augment`` policies of :data:`lliejax.data.augment.POLICIES` (named here so that validating a
+#: config does not import the data pipeline).
+AUGMENT_POLICIES = ("lqgt", "crop_flip")
+#: The ``config.ema.kind`` rules of :func:`lliejax.ema.from_config`.
+EMA_KINDS = ("ema_pytorch", "constant")
 
 
 class Method(abc.ABC):
@@ -97,6 +104,76 @@ class Method(abc.ABC):
     key = "eval_sampler" if purpose == "validation" else "test_sampler"
     value = self.config.get(key)
     return value if value else (self.samplers[0] if self.samplers else None)
+
+  @classmethod
+  def validate_config(cls, config, *, device_count: int | None = None) -> None:
+    """Reject impossible values of ``config`` with a :class:`lliejax.config_utils.ConfigError` naming the key.
+
+    :func:`lliejax.config_utils.load_config` runs it (through :func:`lliejax.config_utils.validate_config`) after
+    the overrides, so a bad value stops a command before any work. The base checks the generic keys, where the
+    config has them: ``batch_size`` (>= 1, a multiple of ``device_count`` when given), ``num_train_steps``,
+    ``seed``, the logging / checkpoint / validation intervals, ``eval_sampler`` / ``test_sampler`` (one of
+    :attr:`samplers`, or empty for the default), ``optim`` (:mod:`lliejax.optim`), ``ema`` (:mod:`lliejax.ema`)
+    and ``data`` (:mod:`lliejax.data`). A method extends it, calling ``super().validate_config(...)`` first, with
+    the checks of its own sections.
+
+    Args:
+      config: a full config of this method.
+      device_count: the number of devices a training batch is split over; None skips the divisibility check
+        (evaluation and conversion do not split the batch).
+
+    Raises:
+      lliejax.config_utils.ConfigError: an impossible value (a ``ValueError`` whose message starts with the key).
+    """
+    from lliejax import optim  # pylint: disable=import-outside-toplevel
+
+    if "batch_size" in config:
+      batch = config.batch_size
+      if not cu.is_int(batch) or batch < 1 or (device_count and batch % device_count):
+        need = "must be >= 1" + (f" and divisible by the device count ({device_count})" if device_count else "")
+        raise cu.ConfigError("batch_size", f"{need}, got {batch!r}")
+    cu.check_int(config, "num_train_steps", min_value=1)
+    cu.check_int(config, "seed")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "eval_num_images"):
+      cu.check_int(config, key, min_value=1)
+    cu.check_int(config, "eval_every", min_value=0)  # 0: no validation during training
+    cu.check_bool(config, "write_images")
+    if cls.samplers:
+      for key in ("eval_sampler", "test_sampler"):
+        if config.get(key):  # None or '': the method's default
+          cu.check_choice(config, key, cls.samplers)
+
+    cu.check_choice(config, "optim.name", optim.OPTIMIZERS)
+    cu.check_float(config, "optim.learning_rate", min_value=0, min_open=True)
+    for key in ("optim.b1", "optim.b2"):
+      cu.check_float(config, key, min_value=0, max_value=1, max_open=True)
+    for key in ("optim.eps", "optim.weight_decay", "optim.eta_min", "optim.grad_clip"):
+      cu.check_float(config, key, min_value=0)
+    cu.check_choice(config, "optim.schedule", optim.SCHEDULES)
+    cu.check_int(config, "optim.warmup_steps", min_value=0, allow_none=True)
+
+    cu.check_choice(config, "ema.kind", EMA_KINDS)
+    cu.check_float(config, "ema.decay", min_value=0, max_value=1)
+    cu.check_float(config, "ema.inv_gamma", min_value=0, min_open=True)
+    cu.check_float(config, "ema.power", min_value=0, min_open=True)
+    for key in ("ema.update_every", "ema.every"):
+      cu.check_int(config, key, min_value=1)
+    for key in ("ema.update_after_step", "ema.start"):
+      cu.check_int(config, key, min_value=0)
+
+    cu.check_str(config, "data.name")
+    cu.check_str(config, "data.eval_split")
+    for key in ("data.data_dir", "data.manual_dir"):
+      cu.check_str(config, key, nonempty=False, allow_none=True)
+    cu.check_choice(config, "data.augment", AUGMENT_POLICIES)
+    cu.check_int(config, "data.patch_size", min_value=1)
+    cu.check_float(config, "data.resize_prob", min_value=0, max_value=1)
+    cu.check_float(config, "data.resize_scale", min_value=0, min_open=True)
+    for key in ("data.flip", "data.transpose", "data.rot90"):
+      cu.check_bool(config, key)
+    for key in ("data.worker_count", "data.read_threads", "data.prefetch"):
+      cu.check_int(config, key, min_value=0)
+    cu.check_int(config, "data.eval_max_images", min_value=1, allow_none=True)
 
   @classmethod
   def legacy_config(cls, info: dict):

@@ -20,15 +20,23 @@ Config sections: ``model`` (``name: conditional_nafnet`` and its widths / block 
 """
 from __future__ import annotations
 
+import typing
+
 import jax
 import jax.numpy as jnp
 
+from lliejax import config_utils as cu
 from lliejax import losses, methods
 from lliejax.diffusion import irsde
+from lliejax.losses import entropy
 from lliejax.methods.base import Method
 from lliejax.models import nafnet
 
 MODELS = ("conditional_nafnet",)
+#: ``config.model.dtype``: the compute dtypes of the NAFNet.
+DTYPES = ("float32", "bfloat16", "float16")
+#: ``config.loss.weights``: the neighbour weights of the entropy losses (None: the official choice per loss).
+NEIGHBOUR_WEIGHTS = ("normal", "shuffled_gaussian", "mean")
 
 
 @methods.register
@@ -46,6 +54,39 @@ class EntropySDE(Method):
     self.model = nafnet.nafnet_from_config(config.model)
     self.sde = irsde.make_sde_from_config(config.sde)
     self._loss = losses.get(config.loss) if config.get("loss") is not None else None
+
+  @classmethod
+  def validate_config(cls, config, *, device_count=None):
+    """The generic checks (:meth:`Method.validate_config`), then ``model``, ``sde`` and ``loss``."""
+    super().validate_config(config, device_count=device_count)
+    cu.check_choice(config, "model.name", MODELS)
+    for key in ("model.img_channel", "model.width"):
+      cu.check_int(config, key, min_value=1)
+    cu.check_int(config, "model.middle_blk_num", min_value=0)
+    enc = cu.check_int_list(config, "model.enc_blk_nums", min_value=0)
+    dec = cu.check_int_list(config, "model.dec_blk_nums", min_value=0)
+    if enc is not None and dec is not None and len(enc) != len(dec):
+      raise cu.ConfigError("model.dec_blk_nums", f"must have as many levels as model.enc_blk_nums ({len(enc)}), "
+                           f"got {len(dec)}")
+    cu.check_choice(config, "model.dtype", DTYPES)
+    for key in ("model.remat", "model.fusion_barriers"):
+      cu.check_bool(config, key)
+
+    cu.check_int(config, "sde.T", min_value=1)
+    cu.check_float(config, "sde.max_sigma", min_value=0, min_open=True)
+    cu.check_choice(config, "sde.schedule", typing.get_args(irsde.Schedule))
+    cu.check_float(config, "sde.eps", min_value=0, max_value=1, min_open=True, max_open=True)
+
+    cu.check_choice(config, "loss.name", losses.names())
+    cu.check_float(config, "loss.weight", min_value=0, min_open=True)
+    cu.check_int(config, "loss.bins", min_value=2)
+    cu.check_float(config, "loss.bandwidth", min_value=0, min_open=True)
+    cu.check_choice(config, "loss.kernel", typing.get_args(entropy.KernelName))
+    cu.check_int_list(config, "loss.windows", min_value=1, odd=True)
+    cu.check_choice(config, "loss.weights", NEIGHBOUR_WEIGHTS, allow_none=True)
+    cu.check_choice(config, "loss.neighbour_norm", typing.get_args(entropy.NeighbourNorm))
+    cu.check_int(config, "loss.chunk_size", min_value=0)  # 0: the loss module's default
+    cu.check_float(config, "loss.eps", min_value=0, allow_none=True)  # None: the official epsilon per loss
 
   def init_params(self, key):
     """``ConditionalNAFNet.init`` on zero inputs of one padding multiple (PyTorch's default initialisers)."""
