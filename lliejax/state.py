@@ -28,6 +28,15 @@ class TrainState:
     return self.ema[method.export_ema] if method.export_ema in self.ema else self.params
 
 
+def global_norms(state: TrainState, method: methods.Method) -> dict[str, float]:
+  """Global L2 norms of ``params`` and of the exported copy (``export``; the EMA), as Python floats (NaN/inf
+  when a value is not finite). Works on replicated arrays of a multi-process job (this process's copy)."""
+  norms = jax.jit(lambda s: {"params": optax.tree.norm(s.params), "export": optax.tree.norm(s.export_params(method))}
+                  )(state)
+  return {k: float(jax.device_get(v.addressable_data(0) if hasattr(v, "addressable_data") else v))
+          for k, v in norms.items()}
+
+
 def run_keys(config) -> dict[str, jax.Array]:
   """The keys of a run, split from ``config.seed``: ``init`` (params, frozen), ``train`` (steps), ``eval``."""
   init, train, evaluation = jax.random.split(jax.random.key(config.seed), 3)

@@ -197,7 +197,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
   config.num_train_steps = 9
   config.loss.weight = float("nan")
   with pytest.raises(FloatingPointError, match=r"step 4.*last good checkpoint is step 3"):
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, force_config=True)  # the changed loss weight is refused otherwise
   params, step = _final_params(workdir)
   assert step == 3
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(good)):
