@@ -126,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
   n.add_argument("--out", required=True, help="output folder (created if missing)")
   n.add_argument("--overwrite", action="store_true", help="replace existing output files (never input files)")
   n.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="output PNG bit depth")
+  n.add_argument("--bucket", type=int, default=64, metavar="STEP", help="pad each image (bottom/right) to a size "
+                 "bucket, multiples of STEP up to 1024 px then 8 per doubling, so a folder of mixed sizes compiles a "
+                 "few sampler programs; outputs are cropped back to their exact size (default 64; 0 = exact sizes)")
+  n.add_argument("--exact-size", action="store_true", help="run every image at its own size (one compiled "
+                 "program per size; the outputs evaluation uses)")
   n.add_argument("--quiet", action="store_true", help="no progress bar")
   _sampling_args(n, "sampler seed (outputs are reproducible per seed)")
 
@@ -349,10 +354,14 @@ def _cmd_enhance(args) -> int:
   plan = inference.plan_outputs(args.inputs, args.out, overwrite=args.overwrite)
   enhancer = inference.load(args.checkpoint, ema=not args.online)
   os.makedirs(os.path.abspath(args.out), exist_ok=True)
+  if args.bucket < 0:
+    raise ValueError(f"--bucket must be >= 0 (0 = exact sizes), got {args.bucket}")
+  buckets = None if args.exact_size or not args.bucket else inference.BucketPolicy(step=args.bucket)
   failed = inference.enhance_files(enhancer, plan, jax.random.key(args.seed), sampler=args.sampler,
                                    steps=args.steps, overwrite=args.overwrite, bit_depth=args.bit_depth,
-                                   progress=not args.quiet)
-  print(f"wrote {len(plan) - len(failed)} image(s) to {os.path.abspath(args.out)}")
+                                   progress=not args.quiet, buckets=buckets)
+  print(f"wrote {len(plan) - len(failed)} image(s) to {os.path.abspath(args.out)} "
+        f"({enhancer.compiled_programs} compiled sampler program(s))")
   if failed:
     print(f"lliejax enhance: {len(failed)} file(s) could not be read: {', '.join(failed)}", file=sys.stderr)
     return 1

@@ -160,6 +160,24 @@ def test_enhance_is_reproducible_and_same_as_exported_params(workdir, tmp_path):
   assert cli.main(["enhance", src, "--checkpoint", workdir, "--out", src, "--quiet"]) == 2
 
 
+def test_enhance_folder_of_mixed_sizes_compiles_few_programs(workdir, tmp_path, capsys):
+  """10 differently sized photos: at most 3 compiled sampler programs, every output exactly its input's size."""
+  inp = tmp_path / "mixed"
+  inp.mkdir()
+  rng = np.random.default_rng(0)
+  sizes = [(17, 23), (20, 31), (33, 29), (40, 40), (45, 70), (50, 37), (61, 64), (64, 17), (70, 45), (29, 58)]
+  for i, (h, w) in enumerate(sizes):
+    Image.fromarray((rng.random((h, w, 3)) * 90).astype(np.uint8)).save(inp / f"img{i}.png")
+  out = str(tmp_path / "out")
+  assert cli.main(["enhance", str(inp), "--checkpoint", workdir, "--out", out, "--quiet"]) == 0
+  printed = capsys.readouterr().out
+  import re
+  n = int(re.search(r"\((\d+) compiled sampler program", printed).group(1))
+  assert 1 <= n <= 3, printed
+  for i, (h, w) in enumerate(sizes):
+    assert np.asarray(Image.open(os.path.join(out, f"img{i}.png"))).shape == (h, w, 3)
+
+
 def test_enhance_bad_model_and_missing_input(tmp_path, capsys):
   # --out is an existing file: refused before anything is loaded.
   (tmp_path / "afile").write_text("x")
