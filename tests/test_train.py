@@ -11,6 +11,7 @@ import pytest
 
 from lliejax import checkpoint, ema, losses, methods, optim, parallel, state as state_lib, train
 from lliejax.configs.entropy_sde import get_config
+from tiny_configs import tiny_train_config
 from lliejax.diffusion import irsde
 
 
@@ -131,14 +132,6 @@ def test_optimizer_is_adamw_with_released_betas():
   np.testing.assert_allclose(updates["w"], -1e-4 * np.sign(g["w"]), rtol=1e-4)
 
 
-def _demo_config(tfds_dir, steps=6):
-  config = get_config("tiny")
-  config.data.data_dir = tfds_dir
-  config.num_train_steps = steps
-  config.checkpoint_every = 3
-  return config
-
-
 def _final_params(workdir, ema=False):
   state, method, _, step = state_lib.restore_from_workdir(workdir)
   return (state.export_params(method) if ema else state.params), step
@@ -149,7 +142,7 @@ def test_resume_after_interruption_equals_uninterrupted(tfds_dir, tmp_path):
   from lliejax.data import registry
 
   registry.prepare("lliejax_demo", data_dir=tfds_dir)
-  config = _demo_config(tfds_dir)
+  config = tiny_train_config(tfds_dir)
   train.train_and_evaluate(config, str(tmp_path / "a"))
   train.train_and_evaluate(config, str(tmp_path / "b"), stop_at=3)
   with ocp.CheckpointManager(str(tmp_path / "b" / "checkpoints")) as m:
@@ -172,7 +165,7 @@ def test_resume_after_interruption_equals_uninterrupted(tfds_dir, tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "c"))
   for a, b in zip(jax.tree_util.tree_leaves(_final_params(str(tmp_path / "c"))[0]), jax.tree_util.tree_leaves(pa)):
     np.testing.assert_array_equal(a, b)
-  other = _demo_config(tfds_dir)
+  other = tiny_train_config(tfds_dir)
   other.optim.name = "lion"  # another optimizer state: a clear error, not Orbax's tree dump
   with pytest.raises(ValueError, match="does not fit this method's train state"), \
       checkpoint.TrainCheckpoints(str(tmp_path / "c")) as ckpts:
@@ -191,7 +184,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
 
   registry.prepare("lliejax_demo", data_dir=tfds_dir)
   workdir = str(tmp_path / "run")
-  config = _demo_config(tfds_dir, steps=3)
+  config = tiny_train_config(tfds_dir, steps=3)
   train.train_and_evaluate(config, workdir)
   good, _ = _final_params(workdir)
   config.num_train_steps = 9

@@ -22,17 +22,10 @@ import pytest
 
 from lliejax import checkpoint, state as state_lib, train
 from lliejax.configs.entropy_sde import get_config
+from tiny_configs import tiny_train_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "entropy_sde.py") + ":tiny"
-
-
-def _config(tfds_dir, steps=6):
-  config = get_config("tiny")
-  config.data.data_dir = tfds_dir
-  config.num_train_steps = steps
-  config.checkpoint_every = 3
-  return config
 
 
 def _params(workdir):
@@ -73,7 +66,7 @@ def reference(tfds_dir, tmp_path_factory):
   from lliejax.data import registry
   registry.prepare("lliejax_demo", data_dir=tfds_dir)
   workdir = str(tmp_path_factory.mktemp("workdir") / "reference")
-  err = _train_capturing_stderr(_config(tfds_dir), workdir)
+  err = _train_capturing_stderr(tiny_train_config(tfds_dir), workdir)
   params, step = _params(workdir)
   assert step == 6
   return workdir, err, params
@@ -157,7 +150,7 @@ def test_second_run_is_refused_while_the_workdir_is_locked(tfds_dir, tmp_path):
     assert record["command"] == "lliejax train --workdir run (first)" and record["started"]
     t0 = time.monotonic()
     with pytest.raises(checkpoint.WorkdirLockedError) as info:
-      train.train_and_evaluate(_config(tfds_dir), workdir)
+      train.train_and_evaluate(tiny_train_config(tfds_dir), workdir)
     assert time.monotonic() - t0 < 10  # before any compilation
     message = str(info.value)
     assert "\n" not in message and info.value.exit_code == 2
@@ -278,10 +271,10 @@ def test_lock_is_released_on_errors_and_interrupts(tfds_dir, tmp_path, monkeypat
 
   monkeypatch.setattr(train.methods, "build", build)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_config(tfds_dir), workdir)
+    train.train_and_evaluate(tiny_train_config(tfds_dir), workdir)
   monkeypatch.setattr(train.methods, "build", lambda config: build(config, ZeroDivisionError))
   with pytest.raises(ZeroDivisionError):
-    train.train_and_evaluate(_config(tfds_dir), workdir)
+    train.train_and_evaluate(tiny_train_config(tfds_dir), workdir)
   assert seen == [os.getpid()] * 2
   assert checkpoint.read_lock(workdir) is None and os.listdir(workdir) == []
 
@@ -332,7 +325,7 @@ def test_changed_config_is_refused_unless_forced(reference, tfds_dir, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[0], workdir)
   saved = checkpoint.load_workdir_config(workdir)
-  other = _config(tfds_dir)
+  other = tiny_train_config(tfds_dir)
   other.seed, other.optim.learning_rate = 1, 5e-4
   with pytest.raises(checkpoint.ConfigChangedError) as info:
     train.train_and_evaluate(other, workdir)
@@ -342,7 +335,7 @@ def test_changed_config_is_refused_unless_forced(reference, tfds_dir, tmp_path):
          "seed 0 -> 1; " in message
   assert "force_config=True (--force-config)" in message and "use a new --workdir" in message
   assert set(info.value.changes) == {"seed", "optim.learning_rate"}
-  many = _config(tfds_dir)
+  many = tiny_train_config(tfds_dir)
   for i, key in enumerate(("b1", "b2", "eps", "weight_decay", "eta_min", "grad_clip", "learning_rate")):
     many.optim[key] = 0.5 + i
   many.seed, many.batch_size, many.loss.bins = 3, 16, 8
@@ -350,7 +343,7 @@ def test_changed_config_is_refused_unless_forced(reference, tfds_dir, tmp_path):
     train.train_and_evaluate(many, workdir)
   assert checkpoint.load_workdir_config(workdir).to_dict() == saved.to_dict()  # not replaced
   # Keys a resume may change: the run length, data paths, log / checkpoint / validation settings.
-  fine = _config(tfds_dir)
+  fine = tiny_train_config(tfds_dir)
   fine.data.data_dir = tfds_dir + os.sep
   fine.log_every, fine.checkpoint_every, fine.keep_checkpoints, fine.eval_num_images = 1, 2, 5, 1
   fine.test_sampler = "sde"
@@ -360,7 +353,7 @@ def test_changed_config_is_refused_unless_forced(reference, tfds_dir, tmp_path):
   train.train_and_evaluate(other, workdir, force_config=True)
   assert checkpoint.load_workdir_config(workdir).seed == 1
   # Another architecture stays refused, forced or not (its checkpoints would not fit).
-  wide = _config(tfds_dir)
+  wide = tiny_train_config(tfds_dir)
   wide.model.width = 16
   with pytest.raises(ValueError, match="created with a different config.model .*use a new --workdir"):
     train.train_and_evaluate(wide, workdir, force_config=True)
@@ -385,7 +378,7 @@ def test_nan_stop_names_the_last_finite_step_and_exports_nothing(reference, tfds
   shutil.copytree(reference[0], workdir)
   export_info = os.path.join(workdir, "export", checkpoint.EXPORT_META)
   mtime = os.stat(export_info).st_mtime_ns
-  config = _config(tfds_dir, steps=9)  # train longer: allowed ...
+  config = tiny_train_config(tfds_dir, steps=9)  # train longer: allowed ...
   config.loss.weight = float("nan")  # ... but this change needs force_config
   with pytest.raises(checkpoint.ConfigChangedError, match=r"loss.weight 1.0 -> NaN; ") as info:
     train.train_and_evaluate(config, workdir)
@@ -420,7 +413,7 @@ def test_export_refuses_non_finite_params(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ 4. bad workdirs
 def test_workdir_that_is_a_file(tfds_dir, tmp_path):
-  config = _config(tfds_dir)
+  config = tiny_train_config(tfds_dir)
   path = tmp_path / "run"
   path.write_text("not a folder")
   with pytest.raises(checkpoint.WorkdirError) as info:
@@ -447,7 +440,7 @@ def test_unwritable_workdir(tfds_dir, tmp_path):
     print(f"unwritable workdir by {how}")
     t0 = time.monotonic()
     with pytest.raises(checkpoint.WorkdirError) as info:
-      train.train_and_evaluate(_config(tfds_dir), str(workdir))
+      train.train_and_evaluate(tiny_train_config(tfds_dir), str(workdir))
     assert time.monotonic() - t0 < 10  # before any compilation
   assert info.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and info.value.exit_code == 2
   assert str(info.value).startswith(f"cannot lock the workdir {workdir}: {os.strerror(info.value.errno)} (")
@@ -463,7 +456,7 @@ def test_full_disk(tfds_dir, tmp_path, monkeypatch):
     try:
       _fill(mnt)
       with pytest.raises(checkpoint.WorkdirError) as info:
-        train.train_and_evaluate(_config(tfds_dir), str(mnt / "run"))
+        train.train_and_evaluate(tiny_train_config(tfds_dir), str(mnt / "run"))
       assert info.value.errno == errno.ENOSPC and info.value.exit_code == 1
       assert f"{mnt}/run: No space left on device (free some space on that disk or choose another --workdir)" in \
           str(info.value)
@@ -520,7 +513,7 @@ def test_checkpoint_folder_fails_mid_run_then_resumes(reference, tfds_dir, tmp_p
   try:
     monkeypatch.setattr(checkpoint.TrainCheckpoints, "save", save)
     with pytest.raises(checkpoint.WorkdirError) as info:
-      train.train_and_evaluate(_config(tfds_dir), workdir)
+      train.train_and_evaluate(tiny_train_config(tfds_dir), workdir)
     message = str(info.value)
     print(message)
     assert message.startswith(f"cannot write the checkpoint of step 6 in {folder}: "), message
@@ -533,7 +526,7 @@ def test_checkpoint_folder_fails_mid_run_then_resumes(reference, tfds_dir, tmp_p
     _assert_same(_params(workdir)[0], jax.device_get(  # step 3 intact: equal to the reference's step 3
         state_lib.restore_from_workdir(reference[0], step=3)[0].params))
     assert _params(workdir)[1] == 3
-    err = _train_capturing_stderr(_config(tfds_dir), workdir)  # resumes from step 3
+    err = _train_capturing_stderr(tiny_train_config(tfds_dir), workdir)  # resumes from step 3
     assert "3/6" in err and "6/6" in err
     params, step = _params(workdir)
     assert step == 6
