@@ -33,7 +33,7 @@ EXTRAS = {
 
 setuptools.setup(
     name="lliejax",
-    version="0.2.0",
+    version="0.3.0",
     description="Diffusion-based low-light image enhancement (Entropy-SDE, AnlightenDiff, ReDDiT) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",

@@ -10,4 +10,4 @@ Importing the package imports nothing else and changes nothing in the process (`
 what that module needs; torch only for PyTorch files). Programs tune the host allocator explicitly
 (:func:`lliejax.runtime.tune_host_allocator`).
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"
