@@ -42,6 +42,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lliejax import fileutil
+
 EXPORT_FORMAT = "lliejax-export"
 EXPORT_VERSION = 2
 EXPORT_META = "lliejax_export.json"
@@ -337,6 +339,13 @@ def check_config(workdir: str, config, *, architecture_sections: Sequence[str] =
                        f"({old.get(section)} != {new.get(section)}); use a new --workdir")
   resuming = _has_checkpoints(workdir) if resuming is None else resuming
   allowed = config_changes(old, new)
+  # A key only one side has comes from another lliejax version (users cannot add keys): its default keeps the
+  # behaviour of the version that lacks it, so it is reported, not refused.
+  versioned = {k: v for k, v in allowed.items() if _ABSENT in v}
+  if versioned:
+    logging.warning("config keys of another lliejax version (absent from one side) in %s: %s", path,
+                    ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in versioned.items()))
+  allowed = {k: v for k, v in allowed.items() if k not in versioned}
   changes = {k: v for k, v in allowed.items() if k not in resumable}
   for k, (a, b) in allowed.items():
     if k in resumable:
@@ -364,18 +373,13 @@ def write_config(workdir: str, config) -> str:
   try:
     with os.fdopen(fd, "w") as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
-    os.chmod(tmp, 0o666 & ~_umask())
+    fileutil.make_public(tmp)
     os.replace(tmp, path)
   except OSError as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise workdir_error(e, path, "cannot write") from e
   return path
-
-
-def _umask() -> int:
-  from lliejax import fileutil  # pylint: disable=import-outside-toplevel
-  return fileutil.umask()
 
 
 def save_config(workdir: str, config, *, architecture_sections: Sequence[str] = ("model",),

@@ -542,3 +542,23 @@ def test_progress_bar(reference):
   err = reference[1]
   assert "train:" in err and "0/6" in err and "6/6" in err and "steps/s" in err and "loss " in err
   assert "compiling" in err
+
+
+def test_keys_of_another_version_do_not_block_a_resume(tmp_path, tfds_dir, caplog):
+  """A key absent from the saved config (added by a newer lliejax) is reported, not refused; real changes are."""
+  workdir = str(tmp_path / "wd")
+  os.makedirs(workdir)
+  config = tiny_train_config(tfds_dir)
+  checkpoint.write_config(workdir, config)
+  path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["loss"]["chunk_size"]  # as if written by a version without that key
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  with caplog.at_level("WARNING"):
+    assert checkpoint.check_config(workdir, config, resuming=True) is not None
+  assert "loss.chunk_size" in caplog.text and "another lliejax version" in caplog.text
+  config.loss.bins = 8
+  with pytest.raises(checkpoint.ConfigChangedError, match="loss.bins 32 -> 8"):
+    checkpoint.check_config(workdir, config, resuming=True)
