@@ -71,6 +71,13 @@ def base_config() -> ml_collections.ConfigDict:
   # None: official epsilons (KL 1e-10; cross-entropy none, which gives NaN where far bins underflow, e.g. dark
   # images at L = 32, exactly as the official code); set 1e-10 to train with ``cross``.
   lo.eps = ml_collections.config_dict.placeholder(float)
+  # Not in the official code (which these defaults reproduce): a combined objective pixel_weight * pixel +
+  # weight * entropy (pixel: l1 | l2), an entropy warm-up (pixel loss alone before step entropy_start), and the KDE
+  # input clamp: official (zero gradient outside [0, 1]) | straight_through (clamped value, identity gradient) | none.
+  lo.pixel = ml_collections.config_dict.placeholder(str)
+  lo.pixel_weight = 1.0
+  lo.entropy_start = 0
+  lo.clamp = "official"
 
   c.optim = o = ml_collections.ConfigDict()
   o.name = "adamw"

@@ -4,8 +4,8 @@ The pure step ``train_step(state, frozen, batch, key) -> (state, metrics)`` (:fu
 once with ``jax.jit`` over a ``('data',)`` mesh: the batch is sharded, params / EMA / optimizer state / frozen are
 replicated and the state is donated (:func:`jit_train_step`). Per step:
 
-1. ``key = fold_in(root key, step)``; ``(loss, aux) = method.loss(params, frozen, batch, key, ema=ema)`` and its
-   gradient with respect to ``params``;
+1. ``key = fold_in(root key, step)``; ``(loss, aux) = method.loss(params, frozen, batch, key, ema=ema,
+   step=step)`` and its gradient with respect to ``params``;
 2. the optax update (:mod:`lliejax.optim`), then every EMA rule of ``method.ema_rules()`` (:mod:`lliejax.ema`);
 3. a non-finite loss or gradient norm leaves the state untouched (``lax.cond``) and stops the loop with a
    ``FloatingPointError`` naming the step, the last step with a finite loss and the last checkpoint, which stays
@@ -51,7 +51,7 @@ def make_train_step(method: methods.Method, tx: optax.GradientTransformation, *,
     ema_in = jax.lax.stop_gradient(state.ema)
 
     def objective(params):
-      return method.loss(params, frozen, batch, key, ema=ema_in)
+      return method.loss(params, frozen, batch, key, ema=ema_in, step=state.step)
 
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)

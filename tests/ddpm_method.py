@@ -81,8 +81,8 @@ class ConditionalDDPM(Method):
     out = self.denoiser.apply({"params": params["denoiser"]}, x, cond, t)
     return self.head.apply({"params": params["head"]}, out)
 
-  def loss(self, params, frozen, batch, key, *, ema):
-    del ema
+  def loss(self, params, frozen, batch, key, *, ema, step):
+    del ema, step
     x0 = batch["gt"] * 2.0 - 1.0
     kt, kn = jax.random.split(key)
     t = self.ddpm.sample_timesteps(kt, x0.shape[0])

@@ -352,3 +352,59 @@ def test_cross_official_nan_without_eps():
   y = jnp.full((1, 5, 5, 3), 0.01)
   assert math.isnan(float(E.spatial_entropy_loss(x, y, kind="cross", bins=32)))
   assert math.isfinite(float(E.spatial_entropy_loss(x, y, kind="cross", bins=32, eps=1e-10)))
+
+
+def test_straight_through_clamp_same_value_gradient_everywhere():
+  """straight_through: the official clamped value, but pixels outside [0, 1] get a gradient (they used not to)."""
+  pred, target = _pair()
+  kw = dict(kind="kl", bins=6, weights="mean")
+  official = E.spatial_entropy_loss(pred, target, **kw)
+  st = E.spatial_entropy_loss(pred, target, clamp="straight_through", **kw)
+  assert float(st) == float(official)
+  assert float(E.spatial_entropy_loss(pred, target, clamp="official", **kw)) == float(official)
+  g = jax.jit(jax.grad(lambda p: E.spatial_entropy_loss(p, target, clamp="straight_through", **kw)))(pred)
+  outside = (np.asarray(pred) < 0) | (np.asarray(pred) > 1)
+  assert outside.any() and np.all(np.asarray(g)[outside] != 0)
+  # The straight-through gradient at p equals the official gradient at clamp(p) (the value's own gradient).
+  clamped = jnp.clip(pred, 0.0, 1.0)
+  g_at_clamped = jax.grad(lambda p: E.spatial_entropy_loss(p, target, **kw))(clamped)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_at_clamped), rtol=1e-5, atol=1e-9)
+  with pytest.raises(ValueError, match="unknown clamp 'soft'"):
+    E.spatial_entropy_loss(pred, target, clamp="soft", **kw)
+
+
+def test_combined_objective_and_warmup_from_config():
+  import ml_collections
+
+  from lliejax import losses
+  pred, target = _pair()
+  key = jax.random.key(3)
+  base = dict(name="kl", weight=0.05, bins=6, bandwidth=0.5, kernel="sigmoid", windows=(1, 3), weights="mean",
+              neighbour_norm="official", chunk_size=0)
+  ent = float(losses.get(ml_collections.ConfigDict(base))(pred, target, key))
+  l1 = float(jnp.mean(jnp.abs(pred - target)))
+  combined = losses.get(ml_collections.ConfigDict({**base, "pixel": "l1", "pixel_weight": 2.0}))
+  assert float(combined(pred, target, key)) == pytest.approx(2.0 * l1 + ent, rel=1e-6)
+  warm = jax.jit(losses.get(ml_collections.ConfigDict({**base, "pixel": "l1", "entropy_start": 5})))
+  assert float(warm(pred, target, key, step=jnp.int32(4))) == pytest.approx(l1, rel=1e-6)  # l1 alone
+  assert float(warm(pred, target, key, step=jnp.int32(5))) == pytest.approx(l1 + ent, rel=1e-6)
+  with pytest.raises(ValueError, match="entropy warm-up needs a pixel loss"):
+    losses.get(ml_collections.ConfigDict({**base, "entropy_start": 5}))
+
+
+def test_entropy_sde_step_reaches_the_loss_warmup():
+  """Through the method and the train step: before entropy_start the gradient is the l1 objective's alone."""
+  from lliejax import methods
+  from lliejax.configs.entropy_sde import get_config
+  config = get_config("tiny")
+  config.loss.name, config.loss.bins, config.loss.pixel, config.loss.entropy_start = "kl", 6, "l1", 10
+  method = methods.build(config)
+  params = method.init_params(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch = {"gt": jnp.asarray(rng.random((2, 16, 16, 3)), jnp.float32),
+           "lq": jnp.asarray(rng.random((2, 16, 16, 3)) * 0.3, jnp.float32)}
+  f = jax.jit(lambda p, s: method.loss(p, {}, batch, jax.random.key(1), ema={}, step=s)[0])
+  config_l1 = get_config("tiny")
+  l1_only = methods.build(config_l1).loss(params, {}, batch, jax.random.key(1), ema={}, step=jnp.int32(0))[0]
+  assert float(f(params, jnp.int32(9))) == pytest.approx(float(l1_only), rel=1e-6)
+  assert float(f(params, jnp.int32(10))) > float(l1_only)

@@ -13,6 +13,12 @@ neighbour weights from it), scaled by ``cfg.weight``:
                        :mod:`lliejax.losses.perceptual`; needs frozen parameters (:func:`frozen_params`).
 =====================  ==========================================================================================
 
+**Combined objectives** (not in the official code; the official single loss stays the default): for an entropy
+``name``, ``cfg.pixel`` (``'l1'``/``'l2'``, default None) adds ``cfg.pixel_weight * pixel(pred, target)`` to
+``cfg.weight * entropy`` (``l1 + lambda * entropy``), ``cfg.entropy_start`` > 0 trains with the pixel term alone
+before that step (an l1 warm-up; the loss then needs ``step=``), and ``cfg.clamp`` picks the KDE input clamp
+(``official`` / ``straight_through`` / ``none``, :func:`lliejax.losses.entropy.clamp01`).
+
 A loss with pretrained parameters takes them as ``loss(pred, target, key, frozen=...)``; :func:`frozen_params`
 gives them (None for the others), and methods keep them in their frozen tree (never closed over in jit).
 
@@ -24,10 +30,11 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from lliejax.losses import pixel
 
-LossFn = Callable[..., jax.Array]  # (pred, target, key, frozen=None) -> scalar
+LossFn = Callable[..., jax.Array]  # (pred, target, key, frozen=None, step=None) -> scalar
 PIXEL_LOSSES = {"l1": pixel.l1, "l2": pixel.l2}
 ENTROPY_LOSSES = ("kl", "cross", "hellinger", "hellinger_smooth")
 FROZEN_LOSSES = ("lpips",)
@@ -62,13 +69,13 @@ def get(cfg) -> LossFn:
   weight = float(cfg.get("weight", 1.0))
   if name in PIXEL_LOSSES:
     fn = PIXEL_LOSSES[name]
-    return lambda pred, target, key, frozen=None: weight * fn(pred, target)
+    return lambda pred, target, key, frozen=None, step=None: weight * fn(pred, target)
   if name == "lpips":
     from lliejax.losses import perceptual  # pylint: disable=import-outside-toplevel
     net, input_range = _lpips_options(cfg)
 
-    def lpips(pred, target, key, frozen=None):
-      del key
+    def lpips(pred, target, key, frozen=None, step=None):
+      del key, step
       if frozen is None:
         raise ValueError("the lpips loss needs its pretrained parameters: pass frozen=losses.frozen_params(cfg)")
       return weight * perceptual.lpips_loss(frozen, pred, target, net=net, input_range=input_range)
@@ -85,10 +92,26 @@ def get(cfg) -> LossFn:
       kwargs["chunk_size"] = int(cfg.chunk_size)
     if cfg.get("eps") is not None:
       kwargs["eps"] = float(cfg.eps)
+    kwargs["clamp"] = cfg.get("clamp", "official")
+    pixel = PIXEL_LOSSES[cfg.pixel] if cfg.get("pixel") else None
+    pixel_weight = float(cfg.get("pixel_weight", 1.0))
+    start = int(cfg.get("entropy_start", 0) or 0)
+    if start > 0 and pixel is None:
+      raise ValueError(f"config.loss.entropy_start={start}: an entropy warm-up needs a pixel loss (config.loss.pixel)")
 
-    def loss(pred, target, key, frozen=None):
+    def loss(pred, target, key, frozen=None, step=None):
       del frozen
-      return weight * entropy.spatial_entropy_loss(pred, target, key=key, **kwargs)
+
+      def ent():
+        return weight * entropy.spatial_entropy_loss(pred, target, key=key, **kwargs)
+
+      if start > 0:
+        if step is None:
+          raise ValueError("config.loss.entropy_start needs the training step: call the loss with step=")
+        ent_term = jax.lax.cond(step >= start, ent, lambda: jnp.zeros((), jnp.float32))
+      else:
+        ent_term = ent()
+      return ent_term if pixel is None else pixel_weight * pixel(pred, target) + ent_term
 
     return loss
   raise ValueError(f"config.loss.name={name!r} is not a known loss; choose one of {', '.join(names())}")

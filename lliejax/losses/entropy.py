@@ -67,6 +67,8 @@ import numpy as np
 Kind = Literal["kl", "cross", "hellinger", "hellinger_smooth"]
 KernelName = Literal["sigmoid", "gaussian"]
 NeighbourNorm = Literal["official", "mean"]
+Clamp = Union[bool, Literal["official", "straight_through", "none"]]
+CLAMP_MODES = ("official", "straight_through", "none")
 Weights = Union[None, str, jax.Array, np.ndarray]
 
 # Target elements of one chunk's kernel-product array (per image): 16 MiB in float32. The compiled temporary memory
@@ -118,6 +120,29 @@ _KERNELS = {"sigmoid": _sigmoid_derivative, "gaussian": _gaussian_kernel}
 def _clamp01(x: jax.Array) -> jax.Array:
   # torch.clamp semantics: gradient 1 on the closed interval [0, 1], 0 outside.
   return jnp.where(x < 0, jnp.zeros_like(x), jnp.where(x > 1, jnp.ones_like(x), x))
+
+
+def _clamp_mode(clamp: Clamp) -> str:
+  mode = {True: "official", False: "none"}.get(clamp, clamp) if isinstance(clamp, bool) else clamp
+  if mode not in CLAMP_MODES:
+    raise ValueError(f"unknown clamp {clamp!r}; expected one of {', '.join(CLAMP_MODES)} (or True / False)")
+  return mode
+
+
+def clamp01(x: jax.Array, mode: Clamp = "official") -> jax.Array:
+  """The KDE input clamp.
+
+  ``'official'`` (``True``): ``torch.clamp`` to [0, 1] -- values outside get exactly zero gradient, which is why
+  entropy-only training drifts (x_hat_0 below 0 receives no pull back; REFERENCE §6 item 5). ``'straight_through'``:
+  the same *value*, but the gradient passes unchanged everywhere (``x + stop_gradient(clamp(x) - x)``), so pixels
+  outside [0, 1] are still pushed towards the target's histogram. ``'none'`` (``False``): no clamp.
+  """
+  mode = _clamp_mode(mode)
+  if mode == "official":
+    return _clamp01(x)
+  if mode == "straight_through":
+    return x + jax.lax.stop_gradient(jnp.clip(x, 0.0, 1.0) - x)
+  return x
 
 
 def gaussian_window(size: int = 3, sigma: float = 1.5) -> np.ndarray:
@@ -214,13 +239,11 @@ def _box(x: jax.Array, k: int) -> jax.Array:
   return x
 
 
-def _prepare(image: jax.Array, weights, *, bins: int, norm: str, clamp: bool):
+def _prepare(image: jax.Array, weights, *, bins: int, norm: str, clamp: Clamp):
   """NHWC image -> scaled pixel values and neighbour map, both NCHW."""
   if image.ndim != 4:
     raise ValueError(f"expected an NHWC batch (B, H, W, C), got shape {image.shape}")
-  x = jnp.moveaxis(jnp.asarray(image, jnp.float32), -1, 1)
-  if clamp:
-    x = _clamp01(x)
+  x = clamp01(jnp.moveaxis(jnp.asarray(image, jnp.float32), -1, 1), clamp)
   x = x * jnp.float32(bins - 1)
   return x, _neighbour_nchw(x, weights, norm)
 
@@ -241,7 +264,7 @@ def _window_scale(k: int, bandwidth: float) -> jax.Array:
 
 def kde_density(image: jax.Array, *, weights=None, bins: int = 32, bandwidth: float = 0.5,
                 kernel: KernelName = "sigmoid", windows: Sequence[int] = (1, 3, 5),
-                neighbour_norm: NeighbourNorm = "official", clamp: bool = True) -> jax.Array:
+                neighbour_norm: NeighbourNorm = "official", clamp: Clamp = True) -> jax.Array:
   """Dense local densities in the official layout ``(B, L*L, C, H, len(windows) * W)``.
 
   Bin pair ``q = i + L*j`` (``i``: pixel-value bin, ``j``: neighbour bin); windows concatenated along the width in
@@ -338,7 +361,7 @@ def spatial_entropy_loss(pred: jax.Array, target: jax.Array, *, key: jax.Array |
                          bins: int = 32, bandwidth: float = 0.5, kernel: KernelName = "sigmoid",
                          windows: Sequence[int] = (1, 3, 5), weights: Weights = None,
                          neighbour_norm: NeighbourNorm = "official", chunk_size: int | None = None,
-                         clamp: bool = True, eps: float | None = None,
+                         clamp: Clamp = True, eps: float | None = None,
                          cross_order: Literal["official", "target_first"] = "official") -> jax.Array:
   """Spatial-entropy loss between NHWC batches ``pred`` and ``target`` (values in [0, 1]); a scalar.
 
@@ -361,7 +384,9 @@ def spatial_entropy_loss(pred: jax.Array, target: jax.Array, *, key: jax.Array |
     chunk_size: pixel-value bins per chunk (each chunk = ``chunk_size * bins`` bin pairs); ``None`` picks the largest
       divisor of ``bins`` keeping a chunk's product array within 16 MiB (at least one bin). Affects memory and speed
       only (values up to float rounding).
-    clamp: clamp inputs to [0, 1] first (official).
+    clamp: the input clamp (:func:`clamp01`): ``True``/``'official'`` (zero gradient outside [0, 1]),
+      ``'straight_through'`` (clamped value, identity gradient: not in the official code, a working recipe) or
+      ``False``/``'none'``.
     eps: divergence epsilon (see ``kind``); ignored by Hellinger.
     cross_order: ``'official'`` or ``'target_first'`` (``-sum P_target ln Q_pred``).
   """
@@ -377,7 +402,7 @@ def spatial_entropy_loss(pred: jax.Array, target: jax.Array, *, key: jax.Array |
   if cross_order not in ("official", "target_first"):
     raise ValueError(f"unknown cross_order {cross_order!r}; expected 'official' or 'target_first'")
   w = _resolve_weights(weights, kind, key)
-  opts = dict(bins=bins, norm=neighbour_norm, clamp=clamp)
+  opts = dict(bins=bins, norm=neighbour_norm, clamp=_clamp_mode(clamp))
   fields = (_prepare(pred, w, **opts), _prepare(target, w, **opts))
   kde_opts = dict(bins=bins, bandwidth=bandwidth, kernel=kernel, windows=windows, chunk_size=chunk_size)
 
@@ -410,7 +435,7 @@ def spatial_entropy_loss(pred: jax.Array, target: jax.Array, *, key: jax.Array |
 
 def spatial_entropy(image: jax.Array, *, key: jax.Array | None = None, weights: Weights = "mean", bins: int = 32,
                     bandwidth: float = 0.5, kernel: KernelName = "sigmoid", windows: Sequence[int] = (1, 3, 5),
-                    neighbour_norm: NeighbourNorm = "official", chunk_size: int | None = None, clamp: bool = True,
+                    neighbour_norm: NeighbourNorm = "official", chunk_size: int | None = None, clamp: Clamp = True,
                     eps: float = _KL_EPS) -> jax.Array:
   """Spatial entropy ``-sum_q p ln(p + eps)`` of an image (paper Eq. 3; official ``spatial_entropy``), as a metric.
 

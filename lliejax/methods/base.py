@@ -67,8 +67,11 @@ class Method(abc.ABC):
 
   @abc.abstractmethod
   def loss(self, params: Pytree, frozen: Pytree, batch: Mapping[str, jax.Array], key: jax.Array, *,
-           ema: Mapping[str, Pytree]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """``(scalar loss, {name: scalar})`` of one global batch (traced inside the jitted train step)."""
+           ema: Mapping[str, Pytree], step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``(scalar loss, {name: scalar})`` of one global batch (traced inside the jitted train step).
+
+    ``step`` is the (traced) step being taken, for objectives that change over training (warm-ups, schedules).
+    """
 
   @abc.abstractmethod
   def sample(self, params: Pytree, frozen: Pytree, lq: jax.Array, key: jax.Array, *, sampler: str | None = None,

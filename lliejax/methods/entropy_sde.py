@@ -87,6 +87,13 @@ class EntropySDE(Method):
     cu.check_choice(config, "loss.neighbour_norm", typing.get_args(entropy.NeighbourNorm))
     cu.check_int(config, "loss.chunk_size", min_value=0)  # 0: the loss module's default
     cu.check_float(config, "loss.eps", min_value=0, allow_none=True)  # None: the official epsilon per loss
+    cu.check_choice(config, "loss.pixel", tuple(losses.PIXEL_LOSSES), allow_none=True)
+    cu.check_float(config, "loss.pixel_weight", min_value=0)
+    cu.check_int(config, "loss.entropy_start", min_value=0)
+    cu.check_choice(config, "loss.clamp", entropy.CLAMP_MODES)
+    if config.get("loss") is not None and int(config.loss.get("entropy_start", 0) or 0) > 0:
+      if config.loss.get("pixel") is None:
+        raise cu.ConfigError("loss.entropy_start", "an entropy warm-up needs a pixel loss: set loss.pixel=l1")
 
   def init_params(self, key):
     """``ConditionalNAFNet.init`` on zero inputs of one padding multiple (PyTorch's default initialisers)."""
@@ -98,14 +105,14 @@ class EntropySDE(Method):
     """``(x_t, mu, t) -> predicted noise`` of the network with ``params``."""
     return lambda x, mu, t: self.model.apply({"params": params}, x, mu, t)
 
-  def loss(self, params, frozen, batch, key, *, ema):
+  def loss(self, params, frozen, batch, key, *, ema, step=None):
     """``weight * D(x_hat_{t-1}, x*_{t-1})`` of the maximum-likelihood objective (module docstring)."""
     del ema
     if self._loss is None:
       raise ValueError("entropy_sde: the config has no 'loss' section")
     k_sde, k_loss = jax.random.split(key)
     pred, target, _ = irsde.ml_pair(self.sde, self.noise_fn(params), batch["gt"], batch["lq"], k_sde)
-    return self._loss(pred, target, k_loss, frozen=frozen.get("loss")), {}
+    return self._loss(pred, target, k_loss, frozen=frozen.get("loss"), step=step), {}
 
   def init_frozen(self, key):
     """The pretrained parameters of ``config.loss`` (LPIPS), under ``'loss'``; none for the other losses."""
