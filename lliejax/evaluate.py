@@ -24,9 +24,6 @@ import numpy as np
 from lliejax import checkpoint, inference, metrics, parallel
 from lliejax.metrics import conventions
 
-INPUT_SCORES = ("psnr_input", "ssim_input")
-
-
 def score_keys(convention: metrics.Convention, *, with_input: bool = True) -> list[str]:
   """The per-image keys :meth:`~lliejax.metrics.Convention.score` returns for ``convention`` (with an input)."""
   keys = list(convention.metrics)

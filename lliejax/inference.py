@@ -106,11 +106,8 @@ def bucket_policy(buckets: BucketPolicy | int | None) -> BucketPolicy | None:
 
 
 def size_multiple(method: methods.Method) -> int:
-  """The multiple the method's network pads its input to (``size_multiple``, else ``model.padder_size``; else 1)."""
-  value = getattr(method, "size_multiple", None)
-  if value is None:
-    value = getattr(getattr(method, "model", None), "padder_size", 1)
-  return int(value)
+  """The multiple the method's network pads its input to (:attr:`lliejax.methods.Method.size_multiple`)."""
+  return int(getattr(method, "size_multiple", 1))
 
 
 @dataclasses.dataclass(eq=False)

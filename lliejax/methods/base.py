@@ -79,6 +79,11 @@ class Method(abc.ABC):
     """The enhanced images of ``lq`` (NHWC in [0, 1], any size), unclamped. Traceable (the caller jits)."""
 
   # ---------------------------------------------------------------------------------------------- defaults
+  @property
+  def size_multiple(self) -> int:
+    """The multiple the method's network pads its input to (size buckets of ``enhance`` round up to it)."""
+    return 1
+
   def init_frozen(self, key: jax.Array) -> Pytree:
     """What the method uses but never trains (default: nothing). Called on every start, fresh or resumed."""
     del key

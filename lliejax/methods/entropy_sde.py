@@ -95,6 +95,11 @@ class EntropySDE(Method):
       if config.loss.get("pixel") is None:
         raise cu.ConfigError("loss.entropy_start", "an entropy warm-up needs a pixel loss: set loss.pixel=l1")
 
+  @property
+  def size_multiple(self) -> int:
+    """The NAFNet pads its input to a multiple of ``2 ** levels`` (``padder_size``)."""
+    return int(self.model.padder_size)
+
   def init_params(self, key):
     """``ConditionalNAFNet.init`` on zero inputs of one padding multiple (PyTorch's default initialisers)."""
     size = self.model.padder_size
