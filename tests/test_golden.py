@@ -116,7 +116,8 @@ def test_entropy_loss_and_gradient(kind):
   f = lambda p: entropy.spatial_entropy_loss(p, target, key=jax.random.key(4), kind=kind, bins=8, eps=eps)
   value, grad = jax.jit(jax.value_and_grad(f))(pred)
   check(f"entropy/{kind}/value", value, rtol=1e-5)
-  check(f"entropy/{kind}/grad", grad, rtol=1e-4, atol=1e-9)
+  # atol = 1e-6 of the largest gradient entry (~1e-2): entries near 0 carry float32 summation-order noise.
+  check(f"entropy/{kind}/grad", grad, rtol=1e-4, atol=1e-8)
 
 
 # ------------------------------------------------------------------------------------------------- training

@@ -33,14 +33,17 @@ Faithful vs paper (options of :func:`spatial_entropy_loss`, defaults = official 
 * ``kernel``: the official path always uses the derivative of the logistic sigmoid; ``'gaussian'`` is the other
   kernel defined (but unused) there.
 
-Memory and speed: the ``(B, L*L, C, H, W)`` density is never materialised. The bin grid is processed in chunks of
-``chunk_size`` pixel-value bins ``i`` (``chunk_size * L`` bin pairs) inside a ``lax.scan`` whose body is
-rematerialised (``jax.checkpoint``), so forward *and* backward hold one chunk at a time. Per chunk the kernel
-products are one outer product of precomputed per-bin kernels (``kappa_i(x)`` x ``kappa_j(x~)``, i.e.
-``L`` kernel evaluations per pixel and bin axis instead of ``L^2``), box sums are separable 1-D
-``lax.reduce_window`` sums, and the divergence is summed over the chunk's bins into per-pixel accumulators
-``(windows, B, C, H, W)``; Hellinger takes its square root only after the last chunk. Results do not depend on the
-chunk size beyond float rounding.
+Memory and speed: the ``(B, L*L, C, H, W)`` density is never materialised, in the forward or the backward pass.
+Per-pixel bin sums come from :func:`_slab_pass`, a ``lax.scan`` over the pixel-value bins ``i`` (``chunk_size`` per
+step, default 1) and, inside a step, blocks of neighbour bins ``j``; it is vectorised over the batch (so a batch
+sharded over devices stays data-parallel) and mapped over channels. Kernel products are outer products of per-bin
+kernels (``L`` kernel evaluations per pixel and axis instead of ``L^2``) and box windows are separable
+``reduce_window`` sums. The gradient is hand-written (``jax.custom_vjp``): the zero-padded box is its own adjoint,
+so the cotangent of every density is box-summed back and contracted with the kernels, again one bin chunk at a time.
+KL and cross-entropy (a plain mean of the bin sums) compute value and gradient in one pass; Hellinger (a square root
+per pixel) needs the bin sums first, so its gradient takes a second pass. The target's gradient is computed only when
+something differentiates the target (``symbolic_zeros``). Nothing is skipped: every bin pair is evaluated, so values
+equal the dense computation up to float32 summation order (tests: dense reference to 2e-5, official check values).
 
 Numerics (documented deviations that do not change values):
 
@@ -51,14 +54,15 @@ Numerics (documented deviations that do not change values):
   custom JVP ``kappa * (1 - 2s)`` so that ``exp`` overflow far from the bin (large neighbour values from random
   weights) cannot produce ``inf/inf``.
 * KL uses ``P * ln((P+eps)/(Q+eps))`` (one log instead of two; mathematically identical, more accurate when
-  ``P ~ Q``).
+  ``P ~ Q``), with the log set to exactly 0 where ``P == Q`` (the division can round otherwise).
 * Cross-entropy keeps the official missing epsilon (``eps=None`` -> 0): ``0 * ln 0`` gives NaN exactly where the
   official code does (far bins that underflow, e.g. dark images at L = 32); pass ``eps=1e-10`` to avoid it.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Literal, Sequence, Union
+from typing import Callable, Literal, NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -71,10 +75,10 @@ Clamp = Union[bool, Literal["official", "straight_through", "none"]]
 CLAMP_MODES = ("official", "straight_through", "none")
 Weights = Union[None, str, jax.Array, np.ndarray]
 
-# Target elements of one chunk's kernel-product array (per image): 16 MiB in float32. The compiled temporary memory
-# of forward + backward is roughly 10-20 such arrays. (Speed is nearly independent of the chunk size.)
-_CHUNK_ELEMENTS = 1 << 22
 _KL_EPS = 1e-10
+# Neighbour bins j per block inside one scan step: keeps the per-step arrays (batch, block, H, W) cache-sized.
+# Measured at (2, 3, 128, 128, 32) on this 2-core CPU: 16 is about as fast as any other block (8 .. 32).
+_J_BLOCK = 16
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,50 +285,236 @@ def kde_density(image: jax.Array, *, weights=None, bins: int = 32, bandwidth: fl
   return jnp.transpose(dens, (0, 3, 2, 1, 4, 5)).reshape(b, bins * bins, c, h, w)
 
 
-def _chunked_bin_sums(fields, term_fn, *, bins: int, bandwidth: float, kernel: str, windows: tuple[int, ...],
-                      chunk_size: int | None) -> jax.Array:
-  """Per-pixel sums over all ``L*L`` bins of ``term_fn(densities)`` for every window.
+# ----------------------------------------------------------------------------------------------------------------
+# The bin-sum engine: per-pixel sums over all L*L bins of an elementwise divergence term, with a hand-written
+# gradient (custom VJP) so that neither pass stores anything of size L^2.
 
-  ``fields``: tuple of ``(x, x_neighbour)`` NCHW pairs (one per image); ``term_fn`` maps the tuple of chunk densities
-  (one per image, each ``(B, C, ci, L, H, W)``) to the elementwise term. Returns ``(len(windows), B, C, H, W)``.
-  Only one chunk of ``chunk_size`` pixel-value bins is live at a time, in forward and (thanks to ``jax.checkpoint``)
-  in backward.
+
+class _Term(NamedTuple):
+  """An elementwise divergence term of the densities of one or two images and its partial derivatives.
+
+  ``value(d)`` and ``grads(d)`` take the tuple ``d`` of densities (first the prediction, then the target); ``grads``
+  returns one derivative per density.
   """
+  value: Callable
+  grads: Callable
+
+
+@functools.lru_cache(maxsize=None)
+def _term(kind: str, eps: float | None, cross_order: str = "official") -> _Term:
+  """The term of ``kind`` (cached, so that equal options give the same object: a static custom-VJP argument)."""
+  if kind == "kl":  # P ln((P+e)/(Q+e)), Q prediction, P target; the log is exactly 0 where P == Q
+    e = np.float32(eps)
+
+    def log_ratio(d):
+      return jnp.where(d[1] == d[0], 0.0, jnp.log((d[1] + e) / (d[0] + e)))
+
+    return _Term(lambda d: d[1] * log_ratio(d), lambda d: (-d[1] / (d[0] + e), log_ratio(d) + d[1] / (d[1] + e)))
+  if kind == "cross":  # official: -P_pred ln(Q_target + e); target_first: -P_target ln(Q_pred + e)
+    e = np.float32(eps or 0.0)
+    if cross_order == "official":
+      return _Term(lambda d: -d[0] * jnp.log(d[1] + e), lambda d: (-jnp.log(d[1] + e), -d[0] / (d[1] + e)))
+    return _Term(lambda d: -d[1] * jnp.log(d[0] + e), lambda d: (-d[1] / (d[0] + e), -jnp.log(d[0] + e)))
+  if kind == "hellinger":  # (sqrt P - sqrt Q)^2, derivative 0 where a density is exactly 0 (safe_sqrt)
+    def grads(d):
+      rq, rp = jnp.sqrt(d[0]), jnp.sqrt(d[1])
+      diff = rp - rq
+      return (jnp.where(rq > 0, -diff / jnp.where(rq > 0, rq, 1.0), 0.0),
+              jnp.where(rp > 0, diff / jnp.where(rp > 0, rp, 1.0), 0.0))
+    return _Term(lambda d: jnp.square(jnp.sqrt(d[1]) - jnp.sqrt(d[0])), grads)
+  if kind == "entropy":  # -p ln(p + e) of one image (the metric)
+    e = np.float32(eps)
+    return _Term(lambda d: -d[0] * jnp.log(d[0] + e), lambda d: (-jnp.log(d[0] + e) - d[0] / (d[0] + e),))
+  raise ValueError(f"unknown term {kind!r}")
+
+
+class _KDE(NamedTuple):
+  """Static options of the KDE (hashable)."""
+  bins: int
+  bandwidth: float
+  kernel: str
+  windows: tuple[int, ...]
+  chunk: int
+
+
+def _kernel_and_derivative(x: jax.Array, kde: _KDE) -> tuple[jax.Array, jax.Array]:
+  """``kappa((g - x)/h)`` and its derivative with respect to ``x`` for every bin ``g``: (F, H, W) -> 2 x (F, L, H, W)."""
+  g = jnp.arange(kde.bins, dtype=jnp.float32)[:, None, None]
+  v = (g - x[:, None]) / jnp.float32(kde.bandwidth)
+  if kde.kernel == "sigmoid":
+    s = 1.0 / (1.0 + jnp.exp(-v))  # as PyTorch's sigmoid; exp overflow gives s = 0, kappa = 0, derivative 0
+    k = s * (1.0 - s)
+    dk = k * (1.0 - 2.0 * s)
+  else:
+    k = _gaussian_kernel(v)
+    dk = -v * k
+  return k, dk * jnp.float32(-1.0 / kde.bandwidth)
+
+
+def _sum_leading(x: jax.Array) -> jax.Array:
+  """Sum over the leading axis, written as elementwise adds of its slices.
+
+  ``jnp.sum`` over a major axis lowers to an XLA CPU reduction that was several times slower here (the whole loss
+  up to 4x), and so was pairwise halving with concatenations.
+  """
+  return sum(x[i] for i in range(1, x.shape[0])) + x[0] if x.shape[0] > 1 else x[0]
+
+
+def _slab_pass(fields, ct, *, term: _Term, kde: _KDE, want_value: bool, want_grads: tuple[bool, ...]):
+  """One image channel: per-window per-pixel bin sums and/or the gradient of ``sum_k sum_p ct_k(p) S_k(p)``.
+
+  ``fields``: tuple of ``(x, x_neighbour)`` (H, W) pairs, prediction first; ``ct``: (windows, H, W) weights of the
+  per-pixel sums ``S_k(p) = sum_{i,j} term(D_k(p, i, j))`` (ignored when no gradient is wanted). Returns
+  ``(S or None, ((dx, dx_neighbour) or None per field))``.
+
+  Scans over chunks of ``kde.chunk`` pixel-value bins ``i``; per chunk and per block of :data:`_J_BLOCK` neighbour
+  bins ``j`` the kernel products ``u_i(p) v_j(p)``, their box sums, the term and, for the gradient,
+  ``G = ct * dterm/dD`` box-summed back (the zero-padded box is its own adjoint) and contracted with ``v`` (for
+  ``du_i``, a scan output) and ``u`` (for ``dv_j``, a scan carry). Live memory: a few ``(chunk, block, H, W)``
+  arrays; nothing of size ``L^2`` is stored.
+  """
+  h, w = fields[0][0].shape
+  bins, ci, windows = kde.bins, kde.chunk, kde.windows
+  scales = [np.float32(1.0 / (0.5 * kde.bandwidth * k * k)) for k in windows]
+  u, du, v, dv = [], [], [], []
+  for x, xn in fields:
+    for out, a in (((u, du), x), ((v, dv), xn)):
+      k, dk = _kernel_and_derivative(a[None], kde)
+      out[0].append(k[0])
+      out[1].append(dk[0])
+  u_chunks = [a.reshape(bins // ci, ci, h, w) for a in u]
+  grad_idx = [f for f, g in enumerate(want_grads) if g]
+  blocks = [(j0, min(j0 + _J_BLOCK, bins)) for j0 in range(0, bins, _J_BLOCK)]
+
+  def body(carry, uc):
+    value, gvs = carry  # gvs: per gradient field, a tuple of per-j-block accumulators
+    totals = [None] * len(windows)
+    gus = {f: None for f in grad_idx}
+    new_gvs = [list(g) for g in gvs]
+    for bi, (j0, j1) in enumerate(blocks):
+      vb = [a[j0:j1] for a in v]
+      prods = [a[:, None] * b[None] for a, b in zip(uc, vb)]  # (ci, lj, H, W)
+      accs = {f: None for f in grad_idx}
+      for n, (k, s) in enumerate(zip(windows, scales)):
+        dens = tuple(s * _box(p, k) for p in prods)
+        if want_value:
+          t = _sum_leading(term.value(dens).reshape(-1, h, w))
+          totals[n] = t if totals[n] is None else totals[n] + t
+        if grad_idx:
+          grads = term.grads(dens)
+          for f in grad_idx:
+            g = s * _box(ct[n] * grads[f], k)
+            accs[f] = g if accs[f] is None else accs[f] + g
+      for gi, f in enumerate(grad_idx):
+        acc = accs[f]
+        new_gvs[gi][bi] = new_gvs[gi][bi] + _sum_leading(acc * uc[f][:, None])
+        gu = jnp.stack([_sum_leading(acc[c] * vb[f]) for c in range(ci)])
+        gus[f] = gu if gus[f] is None else gus[f] + gu
+    if want_value:
+      value = value + jnp.stack(totals)
+    return (value, tuple(tuple(g) for g in new_gvs)), tuple(gus[f] for f in grad_idx)
+
+  init = (jnp.zeros((len(windows), h, w), jnp.float32) if want_value else jnp.zeros((), jnp.float32),
+          tuple(tuple(jnp.zeros((j1 - j0, h, w), jnp.float32) for j0, j1 in blocks) for _ in grad_idx))
+  if ci == bins:
+    (value, gvs), gus = body(init, [a[0] for a in u_chunks])
+    gus = tuple(g[None] for g in gus)
+  else:
+    (value, gvs), gus = jax.lax.scan(body, init, u_chunks)
+  out_grads = [None] * len(fields)
+  gvs = [jnp.concatenate(g) for g in gvs]
+  for f, gv, gu in zip(grad_idx, gvs, gus):
+    out_grads[f] = (_sum_leading(gu.reshape(bins, h, w) * du[f]), _sum_leading(gv * dv[f]))
+  return (value if want_value else None), tuple(out_grads)
+
+
+def _pass(fields, ct, *, term: _Term, kde: _KDE, want_value: bool, want_grads: tuple[bool, ...]):
+  """:func:`_slab_pass` over (B, C, H, W) fields: vectorised over the batch (which may be sharded), a sequential
+  ``lax.map`` over channels. ``ct``: (windows, B, C, H, W) or ``None``. Values come back as (windows, B, C, H, W)."""
+  nw = len(kde.windows)
   b, c, h, w = fields[0][0].shape
-  if chunk_size is None:
-    # The largest divisor of L within the budget (no remainder chunk to compile).
-    cap = max(1, _CHUNK_ELEMENTS // max(1, b * c * h * w * bins))
-    chunk_size = max(d for d in range(1, bins + 1) if bins % d == 0 and d <= cap)
-  chunk_size = int(min(max(int(chunk_size), 1), bins))
-  us = [_bin_kernels(x, bins=bins, bandwidth=bandwidth, kernel=kernel) for x, _ in fields]
-  vs = [_bin_kernels(xn, bins=bins, bandwidth=bandwidth, kernel=kernel) for _, xn in fields]
+  if ct is None:
+    ct = jnp.zeros((nw, b, c, h, w), jnp.float32)
+  slab = functools.partial(_slab_pass, term=term, kde=kde, want_value=want_value, want_grads=want_grads)
 
-  @jax.checkpoint
-  def chunk_sums(u_chunks, v_all):
-    prods = [u[:, :, :, None] * v[:, :, None, :] for u, v in zip(u_chunks, v_all)]  # (B, C, ci, L, H, W)
-    out = []
-    for k in windows:
-      scale = _window_scale(k, bandwidth)
-      dens = tuple(scale * _box(p, k) for p in prods)
-      out.append(jnp.sum(term_fn(dens), axis=(2, 3)))
-    return jnp.stack(out)
+  def per_channel(args):  # leaves (B, H, W)
+    flds, cts = args
+    return jax.vmap(slab)(flds, cts)
 
-  n_full, rem = divmod(bins, chunk_size)
-  total = jnp.zeros((len(windows), b, c, h, w), jnp.float32)
-  if n_full == 1 and rem == 0:
-    return chunk_sums(us, vs)
-  if n_full:
-    def split(u):  # (B, C, L, H, W) -> (n_full, B, C, ci, H, W)
-      u = u[:, :, :n_full * chunk_size].reshape(b, c, n_full, chunk_size, h, w)
-      return jnp.moveaxis(u, 2, 0)
+  to_c = lambda a: jnp.moveaxis(a, 1, 0)  # (B, C, ...) -> (C, B, ...)
+  flds = jax.tree.map(to_c, fields)
+  cts = jnp.transpose(ct, (2, 1, 0, 3, 4))  # (C, B, windows, H, W)
+  value, grads = jax.lax.map(per_channel, (flds, cts))
+  if want_value:
+    value = jnp.transpose(value, (2, 1, 0, 3, 4))  # (C, B, nw, H, W) -> (nw, B, C, H, W)
+  grads = tuple(None if g is None else tuple(to_c(a) for a in g) for g in grads)
+  return value, grads
 
-    def body(acc, u_chunks):
-      return acc + chunk_sums(u_chunks, vs), None
 
-    total, _ = jax.lax.scan(body, total, [split(u) for u in us])
-  if rem:
-    total = total + chunk_sums([u[:, :, n_full * chunk_size:] for u in us], vs)
-  return total
+def _zeros_like_fields(fields):
+  return tuple((jnp.zeros(x.shape, x.dtype), jnp.zeros(xn.shape, xn.dtype)) for x, xn in fields)
+
+
+def _perturbed(fields):
+  """Values and per-field 'is differentiated' flags of symbolic-zero custom-VJP primals."""
+  values = tuple((x.value, xn.value) for x, xn in fields)
+  return values, tuple(bool(x.perturbed or xn.perturbed) for x, xn in fields)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _bin_sums(fields, term: _Term, kde: _KDE) -> jax.Array:
+  """Per-window per-pixel bin sums ``(windows, B, C, H, W)`` of ``term`` over the densities of ``fields``.
+
+  The backward pass recomputes the densities and applies the incoming per-pixel cotangent (two passes in all).
+  """
+  return _pass(fields, None, term=term, kde=kde, want_value=True, want_grads=(False,) * len(fields))[0]
+
+
+def _bin_sums_fwd(fields, term, kde):
+  values, flags = _perturbed(fields)
+  return _bin_sums(values, term, kde), (values, flags)
+
+
+def _bin_sums_bwd(term, kde, res, ct):
+  values, flags = res
+  _, grads = _pass(values, ct, term=term, kde=kde, want_value=False, want_grads=flags)
+  zeros = _zeros_like_fields(values)
+  return (tuple(g if g is not None else z for g, z in zip(grads, zeros)),)
+
+
+_bin_sums.defvjp(_bin_sums_fwd, _bin_sums_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _mean_bin_sums(fields, term: _Term, kde: _KDE) -> jax.Array:
+  """``mean(_bin_sums(...))`` (a scalar) whose gradient is computed in the same single pass as its value."""
+  return jnp.mean(_bin_sums(fields, term, kde))
+
+
+def _mean_bin_sums_fwd(fields, term, kde):
+  values, flags = _perturbed(fields)
+  nw = len(kde.windows)
+  shape = (nw,) + values[0][0].shape
+  ct = jnp.full(shape, 1.0 / math.prod(shape), jnp.float32)
+  sums, grads = _pass(values, ct if any(flags) else None, term=term, kde=kde, want_value=True, want_grads=flags)
+  return jnp.mean(sums), (grads, _zeros_like_fields(values))
+
+
+def _mean_bin_sums_bwd(term, kde, res, ct):
+  grads, zeros = res
+  return (tuple(z if g is None else (ct * g[0], ct * g[1]) for g, z in zip(grads, zeros)),)
+
+
+_mean_bin_sums.defvjp(_mean_bin_sums_fwd, _mean_bin_sums_bwd, symbolic_zeros=True)
+
+
+def _kde_options(bins, bandwidth, kernel, windows, chunk_size) -> _KDE:
+  if kernel not in _KERNELS:
+    raise ValueError(f"unknown kernel {kernel!r}; expected 'sigmoid' or 'gaussian'")
+  chunk = 1 if chunk_size is None else int(min(max(int(chunk_size), 1), bins))
+  while bins % chunk:  # a divisor of L (no remainder chunk to compile)
+    chunk -= 1
+  return _KDE(int(bins), float(bandwidth), kernel, _check_windows(windows), chunk)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -404,29 +594,12 @@ def spatial_entropy_loss(pred: jax.Array, target: jax.Array, *, key: jax.Array |
   w = _resolve_weights(weights, kind, key)
   opts = dict(bins=bins, norm=neighbour_norm, clamp=_clamp_mode(clamp))
   fields = (_prepare(pred, w, **opts), _prepare(target, w, **opts))
-  kde_opts = dict(bins=bins, bandwidth=bandwidth, kernel=kernel, windows=windows, chunk_size=chunk_size)
-
+  kde = _kde_options(bins, bandwidth, kernel, windows, chunk_size)
   if kind == "kl":
-    e = jnp.float32(_KL_EPS if eps is None else eps)
-
-    def term(d):
-      q, p = d  # q: prediction, p: target density
-      return p * jnp.log((p + e) / (q + e))
-
-    return jnp.mean(_chunked_bin_sums(fields, term, **kde_opts))
+    return _mean_bin_sums(fields, _term("kl", float(_KL_EPS if eps is None else eps)), kde)
   if kind == "cross":
-    e = None if not eps else jnp.float32(eps)
-
-    def term(d):
-      p, q = d if cross_order == "official" else d[::-1]
-      return -p * jnp.log(q if e is None else q + e)
-
-    return jnp.mean(_chunked_bin_sums(fields, term, **kde_opts))
-
-  def term(d):
-    return jnp.square(safe_sqrt(d[1]) - safe_sqrt(d[0]))
-
-  sums = _chunked_bin_sums(fields, term, **kde_opts)
+    return _mean_bin_sums(fields, _term("cross", float(eps) if eps else None, cross_order), kde)
+  sums = _bin_sums(fields, _term("hellinger", None), kde)
   loss = jnp.float32(1.0 / math.sqrt(2.0)) * jnp.mean(safe_sqrt(sums))
   if kind == "hellinger_smooth":
     loss = loss + smoothness_loss(pred, target)
@@ -451,8 +624,6 @@ def spatial_entropy(image: jax.Array, *, key: jax.Array | None = None, weights: 
   windows = _check_windows(windows)
   w = _resolve_weights("mean" if weights is None else weights, "metric", key)
   fields = (_prepare(image, w, bins=bins, norm=neighbour_norm, clamp=clamp),)
-  e = jnp.float32(eps)
-  sums = _chunked_bin_sums(fields, lambda d: -d[0] * jnp.log(d[0] + e), bins=bins, bandwidth=bandwidth,
-                           kernel=kernel, windows=windows, chunk_size=chunk_size)
+  sums = _bin_sums(fields, _term("entropy", float(eps)), _kde_options(bins, bandwidth, kernel, windows, chunk_size))
   ent = jnp.mean(sums, axis=(0, 2, 3, 4))
   return ent[0] if single else ent
