@@ -3,6 +3,7 @@
 * :mod:`~lliejax.interop.torch_io`: ``.pth`` (weights only) and Lightning ``.ckpt`` reading, ``.pth`` writing;
 * :mod:`~lliejax.interop.keymap`: the naming rule, layouts and the generic import / export of a key-map spec;
 * :mod:`~lliejax.interop.nafnet`: the ConditionalNAFNet spec and architecture inference;
+* :mod:`~lliejax.interop.reddit`: the SR3 UNet spec of ReDDiT / GSAD (``GaussianDiffusion`` state_dicts);
 * :mod:`~lliejax.interop.convert`: checkpoint files <-> lliejax exports (``lliejax convert``);
 * :mod:`~lliejax.interop.crosscheck`: numerical parity with the official code (``lliejax crosscheck``).
 
