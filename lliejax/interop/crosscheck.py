@@ -288,6 +288,16 @@ def _installed(name: str) -> bool:
     return False
 
 
+def _torchvision_pure_python() -> None:
+  """Let a torchvision whose compiled operators do not load against this torch (a CPU torch next to a CUDA
+  torchvision, or mismatched versions) import its pure-Python parts, which is all the official modules use
+  (``torchvision.utils``, ``transforms``): its ``_meta_registrations`` module, which registers fake kernels for the
+  compiled operators and raises ``operator torchvision::nms does not exist`` when they are missing, is replaced by
+  an empty module before torchvision is first imported."""
+  if "torchvision" not in sys.modules and _installed("torchvision"):
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+
+
 @contextlib.contextmanager
 def _stubbed_imports(names: Iterable[str] = STUB_IF_MISSING):
   """Temporarily put :class:`_Stub` modules in ``sys.modules`` for packages that are not installed."""
@@ -337,8 +347,10 @@ def import_official(files: OfficialFiles) -> types.SimpleNamespace:
 
 
 def setup_torch(threads: int | None = None):
-  """float32, deterministic algorithms, ``threads`` (default: all cores) intra-op threads."""
+  """float32, deterministic algorithms, ``threads`` (default: all cores) intra-op threads; torchvision importable
+  (:func:`_torchvision_pure_python`)."""
   import torch  # pylint: disable=import-outside-toplevel
+  _torchvision_pure_python()
   torch.set_default_dtype(torch.float32)
   torch.use_deterministic_algorithms(True)
   torch.set_num_threads(threads or os.cpu_count() or 1)

@@ -117,7 +117,12 @@ class EntropySDE(Method):
       raise ValueError("entropy_sde: the config has no 'loss' section")
     k_sde, k_loss = jax.random.split(key)
     pred, target, _ = irsde.ml_pair(self.sde, self.noise_fn(params), batch["gt"], batch["lq"], k_sde)
-    return self._loss(pred, target, k_loss, frozen=frozen.get("loss"), step=step), {}
+    pred_sg = jax.lax.stop_gradient(pred)
+    # Diagnostics of the loss input x_hat_{t-1}: the official KDE clamp gives pixels outside [0, 1] no gradient, and
+    # entropy-only training fails by drifting there (README, "Why entropy-only training collapses").
+    aux = {"pred_mean": jnp.mean(pred_sg), "pred_below_0": jnp.mean((pred_sg < 0).astype(jnp.float32)),
+           "pred_above_1": jnp.mean((pred_sg > 1).astype(jnp.float32))}
+    return self._loss(pred, target, k_loss, frozen=frozen.get("loss"), step=step), aux
 
   def init_frozen(self, key):
     """The pretrained parameters of ``config.loss`` (LPIPS), under ``'loss'``; none for the other losses."""
