@@ -1,4 +1,5 @@
-"""ReDDiT configurations (``--config configs/reddit_teacher.py:<variant>``, or the packaged ``reddit_teacher:<variant>`` (``lliejax train --method reddit_teacher:<variant>``)).
+"""ReDDiT teacher configurations: ``--config configs/reddit_teacher.py:<variant>``, the packaged
+``reddit_teacher:<variant>``, or ``lliejax train --method reddit_teacher:<variant>``.
 
 Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``lolv1,steps=1000`` or
 ``tiny,sampling.steps=2``; :func:`lliejax.config_utils.load_config` validates the result):
