@@ -11,7 +11,7 @@ the photos are too small for it). The last logged training diagnostics of the lo
 from the TensorBoard events: its mean and the fraction of pixels below 0 / above 1, which is where the official
 KDE clamp gives no gradient.
 
-Writes ``WORKDIR/ablation.json`` (every run), ``WORKDIR/ablation.md`` (mean +- sample std over seeds) and
+``--summary-only`` trains nothing and tabulates every finished run found. Writes ``WORKDIR/ablation.json`` (every run), ``WORKDIR/ablation.md`` (mean +- sample std over seeds) and
 ``WORKDIR/outputs.png`` (the first test photo: input, GT and every variant's output for the first seed).
 Expect ~3 minutes per l1 run and ~5 per entropy run on a 2-core CPU.
 """
@@ -40,6 +40,47 @@ VARIANTS = {
 METRICS = (("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"), ("lpips", "LPIPS ↓", "{:.3f}"),
            ("dists", "DISTS ↓", "{:.3f}"))
 DIAGNOSTICS = ("pred_mean", "pred_below_0", "pred_above_1")
+#: Timesteps at which :func:`diagnose` measures the network's implied clean image x_hat_0 on the test photos.
+DIAGNOSE_T = (10, 50, 100)
+
+
+def diagnose(workdir: str, images, *, seed: int = 0) -> dict:
+  """What the trained network implies at timesteps :data:`DIAGNOSE_T`, on the test photos (LQ, GT pairs).
+
+  For each t: x_t ~ q(x_t | GT, LQ), the predicted noise, ``x_hat_0 = sde.x0_from_noise`` (what the posterior
+  sampler steps towards) and the loss input ``x_hat_{t-1}``. Returns ``x0_t<t>_mean``, ``x0_t<t>_below_0``,
+  ``x0_t<t>_above_1`` and ``pred_t<t>_outside`` (fraction of x_hat_{t-1} outside [0, 1], where the official KDE
+  clamp gives zero gradient), averaged over the photos.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from lliejax import inference  # pylint: disable=import-outside-toplevel
+
+  enh = inference.load(workdir)
+  method = enh.method
+  sde, noise_fn = method.sde, method.noise_fn(enh.params)
+
+  @jax.jit
+  def stats(lq, gt, t, key):
+    tt = jnp.full((1,), t, jnp.int32)
+    xt = sde.forward_sample(gt, lq, tt, jax.random.normal(key, gt.shape, jnp.float32))
+    noise = noise_fn(xt, lq, tt)
+    x0 = sde.x0_from_noise(xt, noise, lq, tt)
+    pred = sde.reverse_sde_step_mean(xt, lq, sde.score_from_noise(noise, tt), tt)
+    return (jnp.mean(x0), jnp.mean((x0 < 0).astype(jnp.float32)), jnp.mean((x0 > 1).astype(jnp.float32)),
+            jnp.mean(((pred < 0) | (pred > 1)).astype(jnp.float32)))
+
+  out = {}
+  for t in DIAGNOSE_T:
+    vals = np.array([[float(v) for v in stats(jnp.asarray(lq)[None], jnp.asarray(gt)[None], t,
+                                               jax.random.fold_in(jax.random.key(seed), i))]
+                     for i, (_, (lq, _, gt)) in enumerate(images)])
+    for name, v in zip(("mean", "below_0", "above_1"), vals.mean(axis=0)[:3]):
+      out[f"x0_t{t}_{name}"] = float(v)
+    out[f"pred_t{t}_outside"] = float(vals[:, 3].mean())
+  return out
 
 
 def last_scalars(workdir: str, tags) -> dict:
@@ -89,7 +130,8 @@ def run_one(name: str, seed: int, workdir: str, steps: int | None, data_dir: str
     image_io.write_png(os.path.join(root, "input.png"), lq)
     image_io.write_png(os.path.join(root, "ground_truth.png"), gt)
   row = {"variant": name, "seed": seed, "config": spec, "num_images": res["num_images"],
-         **{k: float(v) for k, v in res["mean"].items()}, **last_scalars(wd, DIAGNOSTICS)}
+         **{k: float(v) for k, v in res["mean"].items()}, **last_scalars(wd, DIAGNOSTICS),
+         **diagnose(wd, [(n, (lq, None, gt)) for n, (lq, _, gt) in res["images"]])}
   with open(result_file, "w") as f:
     json.dump(row, f, indent=2)
   return row
@@ -97,14 +139,17 @@ def run_one(name: str, seed: int, workdir: str, steps: int | None, data_dir: str
 
 def summarise(rows: list[dict], names: list[str]) -> str:
   """A markdown table: mean +- sample std over seeds, per variant."""
-  head = ["objective", "seeds"] + [m[1] for m in METRICS] + ["x̂ mean", "x̂ < 0", "x̂ > 1"]
+  head = (["objective", "seeds"] + [m[1] for m in METRICS]
+          + [f"x̂0 mean (t={DIAGNOSE_T[-1]})", "x̂0 < 0", "x̂0 > 1", f"x̂0 mean (t={DIAGNOSE_T[1]})"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name in names:
     rs = [r for r in rows if r["variant"] == name]
     if not rs:
       continue
     cells = [f"`{name}`", ",".join(str(r["seed"]) for r in rs)]
-    for key, _, fmt in METRICS + tuple((d, d, "{:.3f}") for d in DIAGNOSTICS):
+    t_hi, t_mid = DIAGNOSE_T[-1], DIAGNOSE_T[1]
+    diag = (f"x0_t{t_hi}_mean", f"x0_t{t_hi}_below_0", f"x0_t{t_hi}_above_1", f"x0_t{t_mid}_mean")
+    for key, _, fmt in METRICS + tuple((d, d, "{:.2f}") for d in diag):
       vals = [r[key] for r in rs if key in r and math.isfinite(r[key])]
       if not vals:
         cells.append("–")
@@ -151,6 +196,8 @@ def main(argv=None) -> None:
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--steps", type=int, default=None, help="override num_train_steps (default: the demo's 1,500)")
   p.add_argument("--data-dir", default=None)
+  p.add_argument("--summary-only", action="store_true",
+                 help="train nothing: tabulate the finished runs of --variants (every seed found) and draw the picture")
   args = p.parse_args(argv)
   names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
   unknown = [n for n in names if n not in VARIANTS]
@@ -163,17 +210,42 @@ def main(argv=None) -> None:
   runtime.tune_host_allocator()
   runtime.setup_logging()
   os.makedirs(args.workdir, exist_ok=True)
-  rows = []
-  for seed in seeds:  # all variants of one seed first: a partial ablation still compares every objective
+  for seed in [] if args.summary_only else seeds:  # all variants of one seed first: a partial run compares them all
     for name in names:
-      rows.append(run_one(name, seed, args.workdir, args.steps, args.data_dir))
-      with open(os.path.join(args.workdir, "ablation.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+      run_one(name, seed, args.workdir, args.steps, args.data_dir)
+  rows = collect(args.workdir, names, args.data_dir)
+  with open(os.path.join(args.workdir, "ablation.json"), "w") as f:
+    json.dump(rows, f, indent=2)
   table = summarise(rows, names)
   with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
     f.write(table + "\n")
   picture(args.workdir, names, seeds[0], os.path.join(args.workdir, "outputs.png"))
   print(table)
+
+
+def collect(workdir: str, names: list[str], data_dir: str | None) -> list[dict]:
+  """Every finished run of ``names`` under ``workdir`` (all seeds found), with :func:`diagnose` added where a run
+  predates it."""
+  from lliejax import config_utils  # pylint: disable=import-outside-toplevel
+  from lliejax.data import source  # pylint: disable=import-outside-toplevel
+
+  rows, images = [], None
+  for name in names:
+    for path in sorted(glob.glob(os.path.join(workdir, name, "s*", "ablation_result.json"))):
+      with open(path) as f:
+        row = json.load(f)
+      if f"x0_t{DIAGNOSE_T[-1]}_mean" not in row:
+        if images is None:
+          cfg = config_utils.load_config("entropy_sde:demo")
+          if data_dir:
+            cfg.data.data_dir = data_dir
+          items = source.eval_items(cfg.data, split=cfg.data.get("eval_split", "test"))
+          images = [(str(i), (ex["lq"], None, ex["gt"])) for i, ex in enumerate(it.load() for it in items)]
+        row.update(diagnose(os.path.dirname(path), images))
+        with open(path, "w") as f:
+          json.dump(row, f, indent=2)
+      rows.append(row)
+  return rows
 
 
 if __name__ == "__main__":
