@@ -11,6 +11,10 @@ optimiser; 0 disables). The schedule is indexed by the optimizer step (0-based) 
                (``codes/config/low-light/models/denoising_model.py``):
                ``eta_min + (lr - eta_min) (1 + cos(pi k / T)) / 2``.
 ``constant``   ``lr`` at every step.
+``linear``     ReDDiT's ``LambdaLR`` (``model/model.py:get_scheduler``, ``lr_policy='linear'``): constant for
+               ``constant_steps`` optimizer steps, then ``lr (d + 1 - (k - c)) / (d + 1)`` with ``c =
+               constant_steps``, ``d = decay_steps`` (official 2,000 / 3,000: ``lr / 3001`` at step 5,000); clamped
+               at 0 after ``c + d + 1`` steps, where the official factor turns negative.
 =============  ===============================================================================================
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import optax
 
 OPTIMIZERS = ("adamw", "adam", "lion")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "linear")
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -30,11 +34,28 @@ def learning_rate_schedule(config) -> optax.Schedule:
     sched = optax.cosine_decay_schedule(o.learning_rate, max(total - warmup, 1), alpha=o.eta_min / o.learning_rate)
   elif o.schedule == "constant":
     sched = optax.constant_schedule(o.learning_rate)
+  elif o.schedule == "linear":
+    sched = constant_then_linear(o.learning_rate, int(o.constant_steps), int(o.decay_steps))
   else:
     raise ValueError(f"config.optim.schedule={o.schedule!r}: choose one of {', '.join(SCHEDULES)}")
   if warmup > 0:
     sched = optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), sched], [warmup])
   return sched
+
+
+def constant_then_linear(learning_rate: float, constant_steps: int, decay_steps: int) -> optax.Schedule:
+  """The ``linear`` schedule (module docstring) at optimizer step ``k`` (0-based; the official
+  ``scheduler.step()`` follows every ``optimizer.step()``)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  lr, c, d = float(learning_rate), int(constant_steps), int(decay_steps)
+
+  def schedule(step):
+    k = jnp.asarray(step, jnp.float32)
+    # (d + 1 - max(0, k - c)) / (d + 1): integers until the division, no float32 cancellation near the end.
+    return lr * jnp.maximum(d + 1.0 - jnp.maximum(k - c, 0.0), 0.0) / (d + 1.0)
+
+  return schedule
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

@@ -13,7 +13,8 @@ from lliejax.methods.base import Method, count_params
 __all__ = ["Method", "build", "count_params", "get", "names", "register"]
 
 # name -> module that defines (and registers) it
-_BUILTIN = {"entropy_sde": "lliejax.methods.entropy_sde", "reddit_teacher": "lliejax.methods.reddit_teacher"}
+_BUILTIN = {"entropy_sde": "lliejax.methods.entropy_sde", "reddit_teacher": "lliejax.methods.reddit_teacher",
+            "reddit_student": "lliejax.methods.reddit_student"}
 _REGISTRY: dict[str, type[Method]] = {}
 
 

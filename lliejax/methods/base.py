@@ -157,7 +157,11 @@ class Method(abc.ABC):
       cu.check_float(config, key, min_value=0, max_value=1, max_open=True)
     for key in ("optim.eps", "optim.weight_decay", "optim.eta_min", "optim.grad_clip"):
       cu.check_float(config, key, min_value=0)
-    cu.check_choice(config, "optim.schedule", optim.SCHEDULES)
+    if cu.check_choice(config, "optim.schedule", optim.SCHEDULES) == "linear":
+      for key in ("optim.constant_steps", "optim.decay_steps"):
+        if cu.lookup(config, key, None) is None:
+          raise cu.ConfigError(key, "optim.schedule='linear' needs it (an int >= 0)")
+        cu.check_int(config, key, min_value=0)
     cu.check_int(config, "optim.warmup_steps", min_value=0, allow_none=True)
 
     cu.check_choice(config, "ema.kind", EMA_KINDS)

@@ -146,7 +146,7 @@ class ReDDiTTeacher(Method):
     n = self.schedule.num_timesteps
     steps = int(steps if steps is not None else self.config.sampling.get("steps", n))
     if steps < 1 or n % steps:
-      raise ValueError(f"reddit_teacher: steps must divide diffusion.num_timesteps={n} (the step grid of a "
+      raise ValueError(f"{self.name}: steps must divide diffusion.num_timesteps={n} (the step grid of a "
                        f"{n}-step model; e.g. {', '.join(str(d) for d in range(1, n + 1) if n % d == 0)}), "
                        f"got {steps}")
     return n // steps
@@ -156,7 +156,7 @@ class ReDDiTTeacher(Method):
     del frozen
     mode = sampler or self.default_sampler("test")
     if mode not in self.samplers:
-      raise ValueError(f"reddit_teacher: unknown sampler {mode!r}; choose one of {', '.join(self.samplers)}")
+      raise ValueError(f"{self.name}: unknown sampler {mode!r}; choose one of {', '.join(self.samplers)}")
     stride = self.stride(steps)
     _, h, w, _ = lq.shape
     top, bottom, left, right = padding(h, w, self.size_multiple, tuple(self.config.sampling.get("pad", (0, 0))))
@@ -167,5 +167,5 @@ class ReDDiTTeacher(Method):
 
   def describe(self, params):
     d = self.config.diffusion
-    return (f"reddit_teacher: SR3 UNet with {methods.count_params(params):,} parameters, "
+    return (f"{self.name}: SR3 UNet with {methods.count_params(params):,} parameters, "
             f"{d.num_timesteps} steps x time scale {d.time_scale} (N = {self.schedule.N})")
