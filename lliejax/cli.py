@@ -1,7 +1,9 @@
-"""``lliejax``: the command-line program (``train``, ``eval``, ``enhance``, ``demo``, ``convert``, ``crosscheck``).
+"""``lliejax``: the command-line program (``train``, ``eval``, ``enhance``, ``demo``, ``distill``, ``convert``,
+``crosscheck``).
 
 Parsing and calls only: every sub-command is a function of the library (:func:`lliejax.train.train_and_evaluate`,
 :func:`lliejax.evaluate.evaluate_dataset`, :func:`lliejax.inference.enhance_files`,
+:func:`lliejax.distill.trajectory.distill_stages`,
 :func:`lliejax.interop.convert.convert_checkpoint`, :func:`lliejax.interop.crosscheck.run_checks`). The 0.1 names
 ``lliejax-train``, ``lliejax-eval``, ``lliejax-enhance``, ``lliejax-demo``, ``lliejax-convert`` and
 ``lliejax-crosscheck`` are aliases of the sub-commands.
@@ -23,7 +25,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-COMMANDS = ("train", "eval", "enhance", "demo", "convert", "crosscheck")
+COMMANDS = ("train", "eval", "enhance", "demo", "convert", "crosscheck")  # each also a lliejax-<command> alias
 # The demo's duration as measured (README "Quickstart"): `time lliejax demo` on a fresh clone.
 DEMO_DURATION = "3m42s on an unloaded 2-core, 24 GiB machine"
 # pip hints for optional dependencies a command may import.
@@ -143,6 +145,26 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--data-dir", default=None, help="TFDS data directory (default ~/tensorflow_datasets)")
   d.add_argument("--steps", type=int, default=None, help="override the number of training steps")
   d.add_argument("--seed", type=int, default=0, help="sampler seed for the evaluation")
+
+  ds = sub.add_parser("distill", help="distil a teacher export into fewer-step students (ReDDiT trajectory "
+                      "distillation, stage by stage)",
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      description="Progressive distillation: a teacher export with n steps trains an n/2-step student "
+                      "in WORKDIR/<n/2>step (resuming), whose export teaches the next stage, down to --steps. Each "
+                      "stage is a run of the student config (--config) with the teacher's network and grid.",
+                      epilog="example:\n  lliejax distill --teacher exports/teacher16 --workdir runs/distill "
+                      "--config reddit_student:lolv1 --steps 2 --manual-dir ~/data/LOLdataset")
+  ds.add_argument("--teacher", required=True, help="the teacher's export directory (reddit_teacher, or a "
+                  "reddit_student export to continue from)")
+  ds.add_argument("--workdir", required=True, help="stages train in WORKDIR/<steps>step and export there")
+  ds.add_argument("--config", default="reddit_student:lolv1",
+                  help="the student config (default reddit_student:lolv1); its grid, model and teacher are set per "
+                  "stage")
+  ds.add_argument("--distiller", default="trajectory", choices=("trajectory",),
+                  help="trajectory: ReDDiT's (consistency distillation is not built yet)")
+  ds.add_argument("--steps", type=int, default=2, help="step count of the last student (default 2)")
+  ds.add_argument("--data-dir", help="TFDS data directory (overrides config.data.data_dir)")
+  ds.add_argument("--manual-dir", help="raw dataset folder for LOL builders (overrides config.data.manual_dir)")
 
   c = sub.add_parser("convert", help="official PyTorch checkpoints <-> lliejax exports",
                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -399,6 +421,20 @@ def _cmd_demo(args) -> int:
   return 0
 
 
+def _cmd_distill(args) -> int:
+  _start()
+  from lliejax import config_utils  # pylint: disable=import-outside-toplevel
+  from lliejax.distill import trajectory  # pylint: disable=import-outside-toplevel
+
+  config = config_utils.load_config(args.config)
+  _apply_paths(config, args)
+  exports = trajectory.distill_stages(config, args.teacher, args.workdir, final_steps=args.steps,
+                                      train_fn=lambda c, wd: train(c, wd))
+  for path in exports:
+    print(f"student: {path}")
+  return 0
+
+
 def _cmd_convert(args) -> int:
   _start(distributed=False)
   from lliejax.interop import convert  # pylint: disable=import-outside-toplevel
@@ -428,7 +464,8 @@ def _cmd_crosscheck(args) -> int:
 
 
 _HANDLERS: dict[str, Callable] = {"train": _cmd_train, "eval": _cmd_eval, "enhance": _cmd_enhance,
-                                  "demo": _cmd_demo, "convert": _cmd_convert, "crosscheck": _cmd_crosscheck}
+                                  "demo": _cmd_demo, "convert": _cmd_convert, "crosscheck": _cmd_crosscheck,
+                                  "distill": _cmd_distill}
 
 
 def error_message(e: BaseException) -> str:

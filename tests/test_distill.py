@@ -325,3 +325,25 @@ def test_distill_stages_chain(teacher_export, tmp_path):
   assert checkpoint.load_export(exports[1]).method == "reddit_student"
   with pytest.raises(ValueError, match="no student of >= final_steps=2"):
     tr.distill_stages(load("reddit_student", "tiny"), exports[1], str(tmp_path / "x"), train_fn=fake_train)
+
+
+@pytest.mark.slow
+def test_cli_distill_one_stage(teacher_export, tfds_dir, tmp_path, capsys):
+  """``lliejax distill``: a 4-step teacher export -> a 2-step student trained in WORKDIR/2step and exported there,
+  with the student's grid and the teacher recorded; asking for a student the teacher cannot give is an error."""
+  from lliejax import cli
+  path, _ = teacher_export
+  cfg = os.path.join(REPO, "configs", "reddit_student.py") + ":tiny"
+  work = tmp_path / "distill"
+  assert cli.main(["distill", "--teacher", path, "--workdir", str(work), "--config", cfg, "--steps", "2",
+                   "--data-dir", tfds_dir]) == 0
+  out = capsys.readouterr().out
+  student = work / "2step" / "export"
+  assert f"student: {student}" in out
+  info = checkpoint.read_export_info(str(student))
+  assert info["method"] == "reddit_student"
+  assert (info["config"]["diffusion"]["num_timesteps"], info["config"]["diffusion"]["time_scale"]) == (2, 8)
+  assert info["config"]["distill"]["teacher"] == os.path.abspath(path)
+  assert cli.main(["distill", "--teacher", path, "--workdir", str(work), "--config", cfg, "--steps", "4",
+                   "--data-dir", tfds_dir]) == 2  # a usage error
+  assert "no student of >= final_steps=4" in capsys.readouterr().err
