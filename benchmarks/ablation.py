@@ -2,9 +2,9 @@
 
 ``python benchmarks/ablation.py [--workdir ablation] [--variants all|name,...] [--seeds 0,1,2] [--steps N]``
 
-Every variant is ``configs/entropy_sde.py:demo`` (the l1 row) or ``:demo_entropy`` (L = 16 bins) with the overrides
-in :data:`VARIANTS`: the same network, data stream, optimizer and 1,500 steps; only ``config.loss`` differs. Each
-(variant, seed) trains in ``WORKDIR/<variant>/s<seed>`` (``config.seed = seed``; runs resume, so an interrupted
+Every variant is ``configs/entropy_sde.py:demo`` (the l1 row) or ``:demo_kl`` (KL alone, L = 16 bins) with the
+overrides in :data:`VARIANTS`: the same network, data stream, optimizer and 1,500 steps; only ``config.loss``
+differs. Each (variant, seed) trains in ``WORKDIR/<variant>/s<seed>`` (``config.seed = seed``; runs resume, so an interrupted
 ablation continues where it stopped), then its EMA export enhances the demo test photos with the posterior
 sampler (sampler seed 0) and is scored under the ``standard`` protocol (PSNR, SSIM, LPIPS-Alex, DISTS; no NIQE:
 the photos are too small for it). The last logged training diagnostics of the loss input x_hat_{t-1} are read back
@@ -27,14 +27,14 @@ import os
 #: name -> (config variant, overrides). ``weight=0.05`` is the lambda of l1 + lambda * entropy.
 VARIANTS = {
     "l1": ("demo", ""),
-    "kl": ("demo_entropy", ""),
-    "hellinger": ("demo_entropy", "loss=hellinger"),
-    "kl_st": ("demo_entropy", "loss.clamp=straight_through"),
-    "hellinger_st": ("demo_entropy", "loss=hellinger,loss.clamp=straight_through"),
-    "l1+kl": ("demo_entropy", "loss.weight=0.05,loss.pixel=l1"),
-    "l1+kl_st": ("demo_entropy", "loss.weight=0.05,loss.pixel=l1,loss.clamp=straight_through"),
-    "l1+hellinger_st": ("demo_entropy", "loss=hellinger,loss.weight=0.05,loss.pixel=l1,loss.clamp=straight_through"),
-    "l1>l1+kl_st": ("demo_entropy", "loss.weight=0.05,loss.pixel=l1,loss.clamp=straight_through,"
+    "kl": ("demo_kl", ""),
+    "hellinger": ("demo_kl", "loss=hellinger"),
+    "kl_st": ("demo_kl", "loss.clamp=straight_through"),
+    "hellinger_st": ("demo_kl", "loss=hellinger,loss.clamp=straight_through"),
+    "l1+kl": ("demo_kl", "loss.weight=0.05,loss.pixel=l1"),
+    "l1+kl_st": ("demo_kl", "loss.weight=0.05,loss.pixel=l1,loss.clamp=straight_through"),
+    "l1+hellinger_st": ("demo_kl", "loss=hellinger,loss.weight=0.05,loss.pixel=l1,loss.clamp=straight_through"),
+    "l1>l1+kl_st": ("demo_kl", "loss.weight=0.05,loss.pixel=l1,loss.clamp=straight_through,"
                                     "loss.entropy_start=750"),
 }
 METRICS = (("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.3f}"), ("lpips", "LPIPS ↓", "{:.3f}"),

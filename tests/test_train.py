@@ -248,6 +248,8 @@ def test_released_and_paper_configs():
   paper = get_config("lolv1_paper")
   assert paper.optim.learning_rate == 5e-5 and paper.num_train_steps == 200_000
   assert get_config("lolv1_l1").loss.name == "l1"
-  assert get_config("demo_entropy").loss.name == "kl"
+  assert get_config("demo_kl").loss.name == "kl" and get_config("demo_kl").loss.get("pixel") is None
+  recipe = get_config("demo_entropy").loss
+  assert (recipe.name, recipe.pixel, recipe.weight, recipe.clamp) == ("kl", "l1", 0.05, "straight_through")
   with pytest.raises(ValueError, match="unknown entropy_sde config variant"):
     get_config("lolv3")
