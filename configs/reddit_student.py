@@ -32,7 +32,6 @@ from __future__ import annotations
 import ml_collections
 
 from lliejax import config_utils
-from lliejax.configs import reddit_teacher
 
 ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learning_rate",
            "dataset": "data.name", "manual_dir": "data.manual_dir", "sample_steps": "sampling.steps",
@@ -42,18 +41,34 @@ VARIANTS = ("lolv1", "lolv2_real", "lolv2_syn", "tiny")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The teacher's config (:mod:`reddit_teacher`: same UNet, data, EMA, logging) with the stage's changes."""
-  c = reddit_teacher.base_config()
+  c = ml_collections.ConfigDict()
   c.method = "reddit_student"
+  c.seed = 0
+  c.batch_size = 16  # datasets.train.batch_size of config/*.yml
   c.num_train_steps = 5_000  # train.n_iter per stage
-  del c["loss"]  # the distillation loss is config.distill
-  del c.diffusion["t_per_sample"]
-  c.model.init = "orthogonal"  # unused: the student starts from the teacher's parameters
 
-  d = c.diffusion  # the student's grid; the teacher's is (2 n, s / 2)
+  c.model = m = ml_collections.ConfigDict()  # model.unet of config/*_train.json (must equal the teacher's)
+  m.name = "sr3_unet"
+  m.in_channel = 6
+  m.out_channel = 3
+  m.inner_channel = 64
+  m.channel_mults = [1, 1, 2, 2, 4]
+  m.attn_res = [16]
+  m.res_blocks = 2
+  m.norm_groups = 32
+  m.image_size = 128
+  m.dropout = 0.0
+  m.init = "orthogonal"  # unused: the student starts from the teacher's parameters
+
+  c.diffusion = d = ml_collections.ConfigDict()  # the student's grid; the teacher's is (2 n, s / 2)
   d.num_timesteps = 8
   d.time_scale = 64
-  c.sampling.steps = 8  # validation / test DDIM steps (stride num_timesteps / steps; the official test uses stride 1)
+  d.linear_start = 1e-4
+  d.linear_end = 2e-2
+
+  c.sampling = sa = ml_collections.ConfigDict()
+  sa.steps = 8  # validation / test DDIM steps (stride num_timesteps / steps; the official test uses stride 1)
+  sa.pad = [8, 4]  # test.py: BORDER_REFLECT 8 rows / 4 columns on LOL 400x600
 
   c.distill = di = ml_collections.ConfigDict()
   di.teacher = ""  # the teacher's export directory (required to train)
@@ -64,14 +79,44 @@ def base_config() -> ml_collections.ConfigDict:
   di.t = ml_collections.config_dict.placeholder(int)  # force the teacher step (even); None: t = 2 U{1..n}
   di.init_from_teacher = True  # load_network: the student starts from the teacher's weights
 
-  o = c.optim  # Adam 1e-4, clip 1, as the teacher
+  c.optim = o = ml_collections.ConfigDict()
+  o.name = "adam"
+  o.learning_rate = 1e-4
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.weight_decay = 0.0
   o.schedule = "linear"  # LambdaLR 'linear' of model/model.py:get_scheduler
   o.constant_steps = 2000  # train.optimizer.n_lr_iters
   o.decay_steps = 3000  # train.optimizer.lr_decay_iters
+  o.eta_min = 0.0
+  o.grad_clip = 1.0  # clip_grad_norm_(netG_s.parameters(), 1)
+
+  c.ema = e = ml_collections.ConfigDict()  # utils/ema.py, ema_scheduler.ema_decay (the CLI --ema_decay is unused)
+  e.kind = "constant"
+  e.decay = 0.9999
+  e.every = 1
+  e.start = 0
+
+  c.data = da = ml_collections.ConfigDict()
+  da.name = "lol_v1"
+  da.data_dir = "~/tensorflow_datasets"
+  da.manual_dir = ml_collections.config_dict.placeholder(str)
+  da.augment = "crop_flip"  # random 96x96 crop, horizontal flip p = 0.5, no rotation
+  da.patch_size = 96
+  da.rot90 = False
+  da.worker_count = 0
+  da.eval_split = "test"
+  da.eval_max_images = ml_collections.config_dict.placeholder(int)
 
   c.log_every = 200  # train.print_freq
   c.checkpoint_every = 1_000
+  c.keep_checkpoints = 3
   c.eval_every = 100  # train.val_freq (0 disables)
+  c.eval_num_images = 15
+  c.eval_sampler = "ddim"
+  c.test_sampler = "ddim"
+  c.write_images = True
   return c
 
 
