@@ -13,6 +13,11 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``lolv
                        (``w_str`` multiplies a zero tensor and is not a key here).
 ``lolv2_real``         LOL-v2-real with the weights of ``train_lol2_real.sh`` (``w_snr 0.4, w_gt 0, w_lpips 0.6``).
 ``lolv2_syn``          LOL-v2-synthetic with the weights of ``train_lol2_syn.sh`` (same), no test padding.
+``demo``               the small UNet of ``reddit_teacher:demo`` on the offline demo photos: the first stage (8 x 64)
+                       of its 16 x 32 teacher, 500 iterations per stage, Adam 2e-4 (``linear``: constant 200, decay
+                       over 300), EMA 0.995 from iteration 50, batch 8, 64x64 crops, the LOL-v1 loss weights.
+                       ``lliejax distill --config reddit_student:demo`` chains 8 -> 4 -> 2 (README). Not an
+                       official configuration.
 ``tiny``               the tiny UNet of ``reddit_teacher:tiny``: a 2-step student (2 x 8) of its 4 x 4 teacher.
 =====================  ===========================================================================================
 
@@ -37,7 +42,7 @@ ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learn
            "dataset": "data.name", "manual_dir": "data.manual_dir", "sample_steps": "sampling.steps",
            "teacher": "distill.teacher", "variant": "distill.variant", "w_snr": "distill.w_snr",
            "w_gt": "distill.w_gt", "w_lpips": "distill.w_lpips"}
-VARIANTS = ("lolv1", "lolv2_real", "lolv2_syn", "tiny")
+VARIANTS = ("lolv1", "lolv2_real", "lolv2_syn", "demo", "tiny")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -130,6 +135,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.distill.w_snr, c.distill.w_gt, c.distill.w_lpips = 0.4, 0.0, 0.6  # train_lol2_*.sh --ablation
   if variant == "lolv2_syn":
     c.sampling.pad = [0, 0]
+  if variant in ("demo", "tiny"):
+    c.sampling.pad = [0, 0]
+    c.data.name = "lliejax_demo"
+    c.batch_size = 8
+    c.eval_every = 0
+  if variant == "demo":  # the UNet of reddit_teacher:demo
+    c.model.inner_channel = 32
+    c.model.channel_mults = [1, 2, 2]
+    c.model.res_blocks = 1
+    c.model.image_size = 64
+    c.data.patch_size = 64
+    c.num_train_steps = 500
+    c.optim.learning_rate = 2e-4
+    c.optim.constant_steps = 200
+    c.optim.decay_steps = 300
+    c.ema.decay = 0.995
+    c.ema.start = 50
+    c.log_every = 50
+    c.checkpoint_every = 250
+    c.eval_num_images = 3
   if variant == "tiny":
     c.model.inner_channel = 32
     c.model.channel_mults = [1, 2]
@@ -138,17 +163,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.num_timesteps = 2  # the student of reddit_teacher:tiny (4 x 4)
     c.diffusion.time_scale = 8
     c.sampling.steps = 2
-    c.sampling.pad = [0, 0]
     c.distill.w_lpips = 0.0
-    c.data.name = "lliejax_demo"
     c.data.patch_size = 16
-    c.batch_size = 8
     c.num_train_steps = 4
     c.optim.learning_rate = 1e-3
     c.ema.decay = 0.9
     c.log_every = 2
     c.checkpoint_every = 2
-    c.eval_every = 0
     c.eval_num_images = 1
   config_utils.apply_overrides(c, overrides, ALIASES)
   return c

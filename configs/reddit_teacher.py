@@ -14,6 +14,10 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``lolv
                        clip 1, EMA 0.9999 every step.
 ``lolv2_real``         the same on LOL-v2-real.
 ``lolv2_syn``          the same on LOL-v2-synthetic (no test padding: the official code pads only real LOL).
+``demo``               a small UNet (inner 32, three levels, 1.08 M parameters; attention at 16x16 of a 64x64 patch)
+                       on the offline demo photos with the official first-stage grid (16 x 32, ``N = 513``) and
+                       16-step DDIM; Adam 1e-3 cosine to 1e-5, batch 8, 64x64 crops, EMA 0.995: the teacher of the
+                       demo distillation (README, ``benchmarks/distill_demo.py``). Not an official configuration.
 ``tiny``               a very small UNet (inner 32, two levels) on a 4 x 4 grid, for tests.
 =====================  ===========================================================================================
 
@@ -30,7 +34,7 @@ from lliejax import config_utils
 
 ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learning_rate", "loss": "loss.name",
            "dataset": "data.name", "manual_dir": "data.manual_dir", "sample_steps": "sampling.steps"}
-VARIANTS = ("lolv1", "lolv2_real", "lolv2_syn", "tiny")
+VARIANTS = ("lolv1", "lolv2_real", "lolv2_syn", "demo", "tiny")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -117,6 +121,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "lolv2_syn":
     c.data.name = "lol_v2_synthetic"
     c.sampling.pad = [0, 0]  # test.py pads only non-square (400x600) LOL images
+  if variant in ("demo", "tiny"):
+    c.sampling.pad = [0, 0]
+    c.data.name = "lliejax_demo"
+    c.batch_size = 8
+    c.eval_every = 0
+  if variant == "demo":
+    c.model.inner_channel = 32
+    c.model.channel_mults = [1, 2, 2]
+    c.model.res_blocks = 1
+    c.model.image_size = 64  # attention at level 2 (nominal 16) and in the middle
+    c.data.patch_size = 64
+    c.num_train_steps = 1500
+    c.optim.learning_rate = 1e-3
+    c.optim.schedule = "cosine"
+    c.optim.eta_min = 1e-5
+    c.ema.decay = 0.995
+    c.ema.start = 100
+    c.log_every = 50
+    c.checkpoint_every = 500
+    c.eval_num_images = 3
   if variant == "tiny":
     c.model.inner_channel = 32
     c.model.channel_mults = [1, 2]
@@ -125,16 +149,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.diffusion.num_timesteps = 4
     c.diffusion.time_scale = 4
     c.sampling.steps = 4
-    c.sampling.pad = [0, 0]
-    c.data.name = "lliejax_demo"
     c.data.patch_size = 16
-    c.batch_size = 8
     c.num_train_steps = 4
     c.optim.learning_rate = 1e-3
     c.ema.decay = 0.9
     c.log_every = 2
     c.checkpoint_every = 2
-    c.eval_every = 0
     c.eval_num_images = 1
   config_utils.apply_overrides(c, overrides, ALIASES)
   return c

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lliejax import checkpoint, config_utils, methods, optim, parallel, state as state_lib, train
+from lliejax import checkpoint, config_utils, methods, metrics, optim, parallel, state as state_lib, train
 from lliejax.diffusion import reddit as rd
 from lliejax.distill import trajectory as tr
 
@@ -347,3 +347,35 @@ def test_cli_distill_one_stage(teacher_export, tfds_dir, tmp_path, capsys):
   assert cli.main(["distill", "--teacher", path, "--workdir", str(work), "--config", cfg, "--steps", "4",
                    "--data-dir", tfds_dir]) == 2  # a usage error
   assert "no student of >= final_steps=4" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ quality vs steps
+def test_quality_vs_steps_rows_table_and_figures(teacher_export, tfds_dir, tmp_path):
+  """:mod:`lliejax.distill.quality` on the tiny teacher at 4 and 2 DDIM steps over two demo test photos: the rows'
+  PSNR is the mean of 10 log10(1 / MSE) of the rounded outputs, the table and both figures are written."""
+  from PIL import Image
+  from lliejax.distill import quality
+  from lliejax.data import registry
+  path, _ = teacher_export
+  config = load("reddit_teacher", "tiny")
+  config.data.data_dir = tfds_dir
+  registry.prepare(config.data.name, data_dir=tfds_dir)
+  protocol = metrics.conventions.get("standard").replace(metrics=("psnr", "ssim"))
+  rows = quality.score_steps(path, [None, 2], config.data, label="teacher", key=jax.random.key(0),
+                             convention=protocol, max_images=2, keep_images=True)
+  assert [(r["steps"], r["nfe"], r["num_images"]) for r in rows] == [(4, 4, 2), (2, 2, 2)]
+  for r in rows:
+    psnr = [10 * np.log10(1 / np.mean((np.round(out * 255) / 255 - np.round(gt * 255) / 255) ** 2))
+            for _, (_, out, gt) in r["images"]]
+    np.testing.assert_allclose(r["psnr"], np.mean(psnr), rtol=1e-5)
+    assert r["seconds_per_image"] > 0 and r["psnr_input"] < 30
+  assert not np.allclose(rows[0]["images"][0][1][1], rows[1]["images"][0][1][1])  # another stride, another image
+  table = quality.steps_table(rows).splitlines()
+  assert len(table) == 2 + 1 + 2 and table[2].startswith("| input") and "| teacher | 2 | 2 |" in table[4]
+  png = quality.plot_quality_vs_steps(rows, str(tmp_path / "q.png"), metrics=("psnr", "ssim"))
+  assert Image.open(png).size[0] > 500
+  pic = Image.open(quality.steps_picture(rows, str(tmp_path / "s.png")))
+  h, w = rows[0]["images"][0][1][0].shape[:2]
+  scale = -(-160 // h)
+  assert pic.size == (4 * w * scale, h * scale + 18)  # input, two rows, GT
+  assert "images" not in quality.strip_images(rows)[0]
