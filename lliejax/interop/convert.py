@@ -14,10 +14,11 @@ import os
 from typing import Callable
 
 from lliejax import checkpoint, config_utils, methods
-from lliejax.interop import keymap, nafnet, reddit, torch_io
+from lliejax.interop import anlightendiff, keymap, nafnet, reddit, torch_io
 
 #: ``config.model.name`` -> key map of that network.
-KEYMAPS: dict[str, keymap.KeyMap] = {"conditional_nafnet": nafnet.KEYMAP, "sr3_unet": reddit.KEYMAP}
+KEYMAPS: dict[str, keymap.KeyMap] = {"conditional_nafnet": nafnet.KEYMAP, "sr3_unet": reddit.KEYMAP,
+                                     "anlightendiff": anlightendiff.KEYMAP}
 DEFAULT_CONFIG = "entropy_sde:lolv1"
 
 
