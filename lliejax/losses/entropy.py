@@ -628,3 +628,40 @@ def spatial_entropy(image: jax.Array, *, key: jax.Array | None = None, weights: 
   sums = _bin_sums(fields, _term("entropy", float(eps)), _kde_options(bins, bandwidth, kernel, windows, chunk_size))
   ent = jnp.mean(sums, axis=(0, 2, 3, 4))
   return ent[0] if single else ent
+
+
+def joint_histogram(image: jax.Array, *, weights=None, bins: int = 32, bandwidth: float = 0.5,
+                    kernel: KernelName = "sigmoid", windows: Sequence[int] = (1, 3, 5),
+                    neighbour_norm: NeighbourNorm = "official", clamp: Clamp = True) -> jax.Array:
+  """The image-wide KDE joint histogram of (pixel value, neighbour value): the loss's local densities, averaged.
+
+  The mean of :func:`kde_density` over channels, pixels and windows (the averaging the losses apply to their bin
+  sums), laid out as an ``(L, L)`` map: row ``i`` is the pixel-value bin, column ``j`` the neighbour bin (the official
+  bin pair ``q = i + L*j``). With ``neighbour_norm='mean'`` a smooth image lies on the diagonal ``i = j`` and noise
+  spreads it; the official normalisation divides the neighbour sum by ``C * sum(w)``, so for ``C`` channels the mass
+  lies along ``j ~ i / C``; a dark image piles up in the first bins. Computed without the dense density: the
+  zero-padded box sum is its own adjoint, so averaging a window's box sums equals weighting each pixel's kernel
+  product by how many windows cover it (an ``einsum`` over channels and pixels). Not normalised: entries are the
+  official densities (their sum is below 1 near the borders and for values between bins).
+
+  Args:
+    image: ``(H, W, C)`` or ``(B, H, W, C)`` in [0, 1] (clamped if ``clamp``).
+    weights: an explicit 3x3 neighbour weight array, or None (all ones), as :func:`kde_density`.
+    bins, bandwidth, kernel, windows, neighbour_norm, clamp: as :func:`spatial_entropy_loss`.
+
+  Returns:
+    ``(L, L)`` for one image, ``(B, L, L)`` for a batch (float32).
+  """
+  image = jnp.asarray(image, jnp.float32)
+  single = image.ndim == 3
+  if single:
+    image = image[None]
+  windows = _check_windows(windows)
+  x, xn = _prepare(image, weights, bins=bins, norm=neighbour_norm, clamp=clamp)
+  u = _bin_kernels(x, bins=bins, bandwidth=bandwidth, kernel=kernel)  # (B, C, L, H, W)
+  v = _bin_kernels(xn, bins=bins, bandwidth=bandwidth, kernel=kernel)
+  c, h, w = x.shape[1:]
+  ones = jnp.ones((h, w), jnp.float32)
+  cover = sum(_window_scale(k, bandwidth) * _box(ones, k) for k in windows) / jnp.float32(len(windows) * c * h * w)
+  hist = jnp.einsum("bcihw,bcjhw,hw->bij", u, v, cover, precision=jax.lax.Precision.HIGHEST)
+  return hist[0] if single else hist
