@@ -49,6 +49,7 @@ def score_steps(source: str | Any, steps: Sequence[int | None], data_cfg, *, lab
 
   enh = source if isinstance(source, inference.Enhancer) else inference.load(source)
   method = enh.method
+  sampler = sampler or method.default_sampler("test")  # the same program for the scored and the timed pass
   rows = []
   for s in steps:
     res = evaluate.evaluate_dataset(enh, data_cfg, key=key, sampler=sampler, steps=s, max_images=max_images,
