@@ -3,7 +3,7 @@
 
 Parsing and calls only: every sub-command is a function of the library (:func:`lliejax.train.train_and_evaluate`,
 :func:`lliejax.evaluate.evaluate_dataset`, :func:`lliejax.inference.enhance_files`,
-:func:`lliejax.distill.trajectory.distill_stages`,
+:func:`lliejax.distill.run`,
 :func:`lliejax.interop.convert.convert_checkpoint`, :func:`lliejax.interop.crosscheck.run_checks`). The 0.1 names
 ``lliejax-train``, ``lliejax-eval``, ``lliejax-enhance``, ``lliejax-demo``, ``lliejax-convert`` and
 ``lliejax-crosscheck`` are aliases of the sub-commands.
@@ -146,23 +146,36 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--steps", type=int, default=None, help="override the number of training steps")
   d.add_argument("--seed", type=int, default=0, help="sampler seed for the evaluation")
 
-  ds = sub.add_parser("distill", help="distil a teacher export into fewer-step students (ReDDiT trajectory "
-                      "distillation, stage by stage)",
+  ds = sub.add_parser("distill", help="distil a teacher export into fewer-step students (trajectory stages or "
+                      "consistency distillation)",
                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                      description="Progressive distillation: a teacher export with n steps trains an n/2-step student "
-                      "in WORKDIR/<n/2>step (resuming), whose export teaches the next stage, down to --steps. Each "
-                      "stage is a run of the student config (--config) with the teacher's network and grid.",
-                      epilog="example:\n  lliejax distill --teacher exports/teacher16 --workdir runs/distill "
-                      "--config reddit_student:lolv1 --steps 2 --manual-dir ~/data/LOLdataset")
-  ds.add_argument("--teacher", required=True, help="the teacher's export directory (reddit_teacher, or a "
-                  "reddit_student export to continue from)")
-  ds.add_argument("--workdir", required=True, help="stages train in WORKDIR/<steps>step and export there")
-  ds.add_argument("--config", default="reddit_student:lolv1",
-                  help="the student config (default reddit_student:lolv1); its grid, model and teacher are set per "
-                  "stage")
-  ds.add_argument("--distiller", default="trajectory", choices=("trajectory",),
-                  help="trajectory: ReDDiT's (consistency distillation is not built yet)")
-  ds.add_argument("--steps", type=int, default=2, help="step count of the last student (default 2)")
+                      description="Distil any lliejax teacher export (reddit_teacher, reddit_student, entropy_sde) "
+                      "into a --steps-step student. --distiller trajectory: progressive stages, an n-step teacher "
+                      "training an n/2-step student in WORKDIR/<n/2>step (resuming) whose export teaches the next, "
+                      "down to --steps (ReDDiT teachers: reddit_student, 16->8->4->2; Entropy-SDE: "
+                      "progressive_student on its ODE, T=100 -> a 64-step grid -> 32 -> 16 -> 8 -> 4 for --steps 4). "
+                      "--distiller consistency: one consistency_student run in WORKDIR/<steps>step, sampling with "
+                      "--steps steps. Each run is the student config (--config; default chosen from the teacher's "
+                      "method and dataset) with the teacher's network and process; the exports run with "
+                      "`lliejax enhance` at their own step count.",
+                      epilog="examples:\n  lliejax distill --teacher exports/teacher16 --workdir runs/distill "
+                      "--config reddit_student:lolv1 --steps 2 --manual-dir ~/data/LOLdataset\n"
+                      "  lliejax distill --teacher runs/entropy/export --distiller trajectory --steps 4 "
+                      "--workdir runs/pd\n"
+                      "  lliejax distill --teacher runs/entropy/export --distiller consistency --steps 2 "
+                      "--workdir runs/cd")
+  ds.add_argument("--teacher", required=True, help="the teacher's export directory (reddit_teacher, reddit_student, "
+                  "entropy_sde, or a progressive_student export to continue from)")
+  ds.add_argument("--workdir", required=True, help="runs train in WORKDIR/<steps>step and export there")
+  ds.add_argument("--config", default=None,
+                  help="the student config (reddit_student / progressive_student for trajectory, consistency_student "
+                  "for consistency); its teacher, network and grid are set per run. Default: chosen from the "
+                  "teacher (reddit_student:lolv1, progressive_student:lolv1, consistency_student:lolv1_<family>, "
+                  "or their demo variants for a teacher trained on the demo photos)")
+  ds.add_argument("--distiller", default="trajectory", choices=("trajectory", "consistency"),
+                  help="trajectory: progressive stages with the two-teacher-step target (default); consistency: "
+                  "consistency distillation (Song et al. 2023)")
+  ds.add_argument("--steps", type=int, default=2, help="step count of the (last) student (default 2)")
   ds.add_argument("--data-dir", help="TFDS data directory (overrides config.data.data_dir)")
   ds.add_argument("--manual-dir", help="raw dataset folder for LOL builders (overrides config.data.manual_dir)")
 
@@ -186,22 +199,38 @@ def _parser() -> argparse.ArgumentParser:
   c.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
   x = sub.add_parser("crosscheck", help="numerical parity with the official PyTorch code",
-                     description="Compare lliejax numerically with the official PyTorch code of Entropy-SDE / "
-                     "Refusion (ConditionalNAFNet forward after checkpoint conversion, IR-SDE tables and steps, KDE "
-                     "spatial-entropy losses) from a local checkout. Needs PyTorch; nothing is downloaded. Exit "
-                     "status: 0 all pass, 1 a comparison failed, 2 usage error.")
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Compare lliejax numerically with the official PyTorch code from a local "
+                     "checkout:\n"
+                     "  Entropy-SDE / Refusion: ConditionalNAFNet forward after checkpoint conversion, IR-SDE tables\n"
+                     "    and steps, KDE spatial-entropy losses (lliejax.interop.crosscheck);\n"
+                     "  ReDDiT: gamma schedules, SR3 UNet forward after conversion, strided DDIM, the trajectory-\n"
+                     "    distillation loss and its gradient (lliejax.interop.crosscheck_reddit).\n"
+                     "The method is detected from the checkout unless named. Needs PyTorch; nothing is downloaded;\n"
+                     "the official code runs on the CPU. Exit status: 0 all pass, 1 a comparison failed, 2 usage "
+                     "error.",
+                     epilog="examples:\n"
+                     "  lliejax crosscheck --official /tmp/spatial-entropy-loss      # Entropy-SDE (detected)\n"
+                     "  lliejax crosscheck reddit --official /tmp/ReDDiT --only unet,ddim\n"
+                     "  lliejax crosscheck --official /tmp/ReDDiT --full             # + the LOL UNet in ddim/distill")
+  x.add_argument("method", nargs="?", default="auto", choices=("auto", "entropy_sde", "reddit"),
+                 help="whose official code --official holds (default: auto, detected from the files)")
   x.add_argument("--official", required=True, metavar="DIR",
-                 help="local checkout of shermanlian/spatial-entropy-loss or Algolzw/image-restoration-sde")
-  x.add_argument("--task", default=None, help="codes/config/<task> to take DenoisingNAFNet_arch.py from "
-                 "(default: low-light if present)")
-  x.add_argument("--full", action="store_true", help="also check the 288M-parameter low-light NAFNet")
-  x.add_argument("--config", default=None, metavar="PATH[:ARG]", help="check this config's NAFNet instead of "
-                 "the small default")
-  x.add_argument("--sizes", type=_sizes, default="64x64,37x53", metavar="HxW,...", help="NAFNet input sizes")
-  x.add_argument("--timesteps", type=_ints, default="1,2,50,100", metavar="T,...", help="timesteps")
-  x.add_argument("--batch", type=int, default=2, help="NAFNet batch size")
+                 help="local checkout of shermanlian/spatial-entropy-loss, Algolzw/image-restoration-sde or "
+                 "lgz-0713/ReDDiT")
+  x.add_argument("--task", default=None, help="Entropy-SDE: codes/config/<task> to take DenoisingNAFNet_arch.py "
+                 "from (default: low-light if present)")
+  x.add_argument("--full", action="store_true", help="Entropy-SDE: also check the 288M-parameter low-light NAFNet; "
+                 "ReDDiT: DDIM and distillation also with the LOL UNet")
+  x.add_argument("--config", default=None, metavar="PATH[:ARG]", help="Entropy-SDE: check this config's NAFNet "
+                 "instead of the small default")
+  x.add_argument("--sizes", type=_sizes, default=None, metavar="HxW,...",
+                 help="network input sizes (default: 64x64,37x53 for the NAFNet, 32x48 for the SR3 UNet)")
+  x.add_argument("--timesteps", type=_ints, default="1,2,50,100", metavar="T,...", help="Entropy-SDE timesteps")
+  x.add_argument("--batch", type=int, default=2, help="batch size of the network checks")
   x.add_argument("--seed", type=int, default=0)
-  x.add_argument("--only", default="nafnet,sde,kde", help="comma-separated subset of nafnet,sde,kde")
+  x.add_argument("--only", default=None, help="comma-separated subset of the checks: nafnet,sde,kde (Entropy-SDE, "
+                 "default all) or unet,schedule,ddim,distill (ReDDiT, default all)")
   x.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
   x.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
   return p
@@ -423,13 +452,13 @@ def _cmd_demo(args) -> int:
 
 def _cmd_distill(args) -> int:
   _start()
-  from lliejax import config_utils  # pylint: disable=import-outside-toplevel
-  from lliejax.distill import trajectory  # pylint: disable=import-outside-toplevel
+  from lliejax import config_utils, distill  # pylint: disable=import-outside-toplevel
 
-  config = config_utils.load_config(args.config)
+  spec = args.config or distill.default_config(args.teacher, args.distiller)
+  config = config_utils.load_config(spec)
   _apply_paths(config, args)
-  exports = trajectory.distill_stages(config, args.teacher, args.workdir, final_steps=args.steps,
-                                      train_fn=lambda c, wd: train(c, wd))
+  exports = distill.run(config, args.teacher, args.workdir, distiller=args.distiller, steps=args.steps,
+                        train_fn=lambda c, wd: train(c, wd))
   for path in exports:
     print(f"student: {path}")
   return 0
@@ -450,12 +479,20 @@ def _cmd_convert(args) -> int:
 
 def _cmd_crosscheck(args) -> int:
   _start(distributed=False)
-  from lliejax.interop import crosscheck  # pylint: disable=import-outside-toplevel
+  from lliejax.interop import crosscheck, crosscheck_reddit  # pylint: disable=import-outside-toplevel
 
-  rows = crosscheck.run_checks(args.official, task=args.task, only=[s.strip() for s in args.only.split(",") if s],
-                               full=args.full, config_spec=args.config, sizes=args.sizes, timesteps=args.timesteps,
-                               batch=args.batch, seed=args.seed, threads=args.threads,
-                               log=lambda s: print(s, flush=True))
+  method = crosscheck_reddit.detect_method(args.official) if args.method == "auto" else args.method
+  only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+  log = lambda s: print(s, flush=True)  # noqa: E731
+  if method == "reddit":
+    rows = crosscheck_reddit.run_checks(args.official, only=only or crosscheck_reddit.CHECKS, full=args.full,
+                                        sizes=args.sizes or crosscheck_reddit.DEFAULT_SIZES, batch=args.batch,
+                                        seed=args.seed, threads=args.threads, log=log)
+  else:
+    rows = crosscheck.run_checks(args.official, task=args.task, only=only or crosscheck.CHECKS, full=args.full,
+                                 config_spec=args.config, sizes=args.sizes or crosscheck.DEFAULT_SIZES,
+                                 timesteps=args.timesteps, batch=args.batch, seed=args.seed, threads=args.threads,
+                                 log=log)
   print()
   print(crosscheck.format_table(rows))
   if args.json:

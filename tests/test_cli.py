@@ -197,7 +197,10 @@ def test_train_cli_bad_config_errors(tmp_path, capsys):
   assert cli.main(["train", "--config", "configs/missing.py:demo", "--workdir", str(tmp_path)]) == 2
   assert "missing.py" in capsys.readouterr().err
   assert cli.main(["train", "--method", "nosuchmethod", "--workdir", str(tmp_path)]) == 2
-  assert "unknown method 'nosuchmethod'; known methods: entropy_sde" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "unknown method 'nosuchmethod'; known methods: " in err
+  known = err.split("known methods: ")[1].splitlines()[0].split(", ")
+  assert {"entropy_sde", "reddit_teacher", "reddit_student"} <= set(known) and known == sorted(known)
   assert cli.main(["train", "--method", "other", "--config", TINY, "--workdir", str(tmp_path)]) == 2
   assert "is a config of method 'entropy_sde'" in capsys.readouterr().err
 

@@ -14,7 +14,10 @@ __all__ = ["Method", "build", "count_params", "get", "names", "register"]
 
 # name -> module that defines (and registers) it
 _BUILTIN = {"entropy_sde": "lliejax.methods.entropy_sde", "reddit_teacher": "lliejax.methods.reddit_teacher",
-            "reddit_student": "lliejax.methods.reddit_student"}
+            "reddit_student": "lliejax.methods.reddit_student",
+            "consistency_student": "lliejax.methods.consistency_student",
+            "progressive_student": "lliejax.methods.progressive_student",
+            "anlightendiff_fs": "lliejax.methods.anlightendiff", "anlightendiff_ts": "lliejax.methods.anlightendiff"}
 _REGISTRY: dict[str, type[Method]] = {}
 
 
