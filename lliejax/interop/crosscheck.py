@@ -299,13 +299,14 @@ def _torchvision_pure_python() -> None:
 
 
 @contextlib.contextmanager
-def _stubbed_imports(names: Iterable[str] = STUB_IF_MISSING):
-  """Temporarily put :class:`_Stub` modules in ``sys.modules`` for packages that are not installed."""
+def _stubbed_imports(names: Iterable[str] = STUB_IF_MISSING, stub_cls: type | None = None):
+  """Temporarily put :class:`_Stub` modules (or ``stub_cls`` ones) in ``sys.modules`` for packages that are not
+  installed."""
   added = []
   for name in names:
     if name in sys.modules or _installed(name):
       continue
-    stub = _Stub(name)
+    stub = (stub_cls or _Stub)(name)
     stub.__path__ = []  # a package, so "import a.b" works
     sys.modules[name] = stub
     added.append(name)
@@ -325,6 +326,7 @@ def _stubbed_imports(names: Iterable[str] = STUB_IF_MISSING):
 def import_official(files: OfficialFiles) -> types.SimpleNamespace:
   """Import the official modules from a checkout; returns ``SimpleNamespace(arch, sde_utils, kde_utils, loss,
   stubbed, files)`` (missing optional modules are ``None``)."""
+  _torchvision_pure_python()  # the official modules import torchvision: its pure-Python parts must load
   pkg_name = f"_lliejax_official_{uuid.uuid4().hex[:8]}"
   pkg = types.ModuleType(pkg_name)
   pkg.__path__ = [files.modules_dir]  # no __init__.py is executed
