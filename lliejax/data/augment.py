@@ -22,6 +22,9 @@ come from ``rng`` in a fixed order, so the training stream is a pure function of
                official code would produce an undersized crop there; it never happens for LOL at P = 128).
 ``crop_flip``  A random ``P x P`` crop (top, then left), a horizontal flip with probability 0.5 and, with
                ``rot90``, a rotation by a uniform multiple of 90 degrees: the generic policy of DDPM-style code.
+               With ``flip_or_rot`` instead, AnlightenDiff's ``dataset.py: augment`` (REFERENCE §2.9): after
+               the horizontal flip, with probability 0.5 either a vertical flip or a 90-degree
+               counter-clockwise rotation (torchvision ``rotate(img, 90)`` of the square crop), equally likely.
 =============  ===============================================================================================
 
 Images smaller than the patch raise a ``ValueError`` naming the example (no padding).
@@ -126,13 +129,21 @@ class LQGT:
 
 @dataclasses.dataclass(frozen=True)
 class CropFlip:
-  """Random crop, horizontal flip with probability 0.5 and (``rot90``) a random multiple of 90 degrees.
+  """Random crop, horizontal flip with probability 0.5 and (``rot90``) a random multiple of 90 degrees, or
+  (``flip_or_rot``) AnlightenDiff's "vertical flip or 90-degree rotation" with probability 0.5.
 
-  Draw order: crop top, crop left, flip, rotation (drawn only with ``rot90``).
+  Draw order: crop top, crop left, flip, rotation (drawn only with ``rot90``); with ``flip_or_rot``, after the
+  flip: whether to apply it, then vertical flip (< 0.5) or rotation (both numbers always drawn). AnlightenDiff's
+  ``augment`` (``FS/dataset.py``) draws ``random.random() > 0.5`` for each decision; the probabilities are the same.
   """
 
   patch_size: int = 128
   rot90: bool = False
+  flip_or_rot: bool = False
+
+  def __post_init__(self):
+    if self.rot90 and self.flip_or_rot:
+      raise ValueError("config.data.rot90 and config.data.flip_or_rot are two different rotation policies; set one")
 
   def __call__(self, lq, gt, rng, *, name: str = ""):
     p = int(self.patch_size)
@@ -141,10 +152,15 @@ class CropFlip:
     left = int(rng.integers(0, w - p + 1))
     hflip = rng.random() < 0.5
     k = int(rng.integers(0, 4)) if self.rot90 else 0
+    vflip = False
+    if self.flip_or_rot:
+      apply, which = rng.random() < 0.5, rng.random() < 0.5
+      vflip, k = apply and which, int(apply and not which)  # torchvision rotate(img, 90): counter-clockwise
 
     def one(img):
       x = image_io.to_float(img[top:top + p, left:left + p])
       x = x[:, ::-1] if hflip else x
+      x = x[::-1] if vflip else x
       return np.ascontiguousarray(np.rot90(x, k), dtype=np.float32)
 
     return one(lq), one(gt)

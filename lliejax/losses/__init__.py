@@ -23,6 +23,8 @@ A loss with pretrained parameters takes them as ``loss(pred, target, key, frozen
 gives them (None for the others), and methods keep them in their frozen tree (never closed over in jit).
 
 The entropy losses are in :mod:`lliejax.losses.entropy`; every ``config.loss`` key there is passed through.
+AnlightenDiff's objectives (DFPL, the noise losses on the effective noise, the TS stages' MS-SSIM and LPIPS) are
+method-specific functions of the diffusion state, not ``config.loss`` entries: :mod:`lliejax.losses.anlightendiff`.
 A method decides what ``pred`` and ``target`` are (Entropy-SDE: the predicted and optimum reverse states).
 """
 from __future__ import annotations
