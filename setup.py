@@ -29,6 +29,7 @@ EXTRAS = {
     # Parity tests against the official PyTorch packages (torchvision's compiled ops are not used) and OpenCV.
     "test": ["pytest>=8", "pytest-xdist>=3", "torch==2.13.0", "torchvision==0.28.0", "lpips==0.1.4",
              "DISTS_pytorch==0.1", "pytorch-fid==0.3.0", "opencv-python-headless>=4.8",
+             "torchmetrics>=1.2",
              # tests/test_notebooks.py executes colab/*.ipynb; tests/test_viz.py draws the figures.
              "nbclient>=0.9", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.7"],
     # Running the notebooks of colab/ outside Colab (lliejax.viz draws with matplotlib).
