@@ -23,7 +23,8 @@ def test_registry():
   assert "entropy_sde" in methods.names() and "test_ddpm" in methods.names()
   assert methods.get("entropy_sde").name == "entropy_sde"
   assert isinstance(methods.build(entropy_config("tiny")), methods.get("entropy_sde"))
-  with pytest.raises(ValueError, match=r"unknown method 'nope'; known methods: entropy_sde, reddit_student, reddit_teacher, test_ddpm"):
+  with pytest.raises(ValueError, match=r"unknown method 'nope'; known methods: anlightendiff_fs, anlightendiff_ts, "
+                     r"consistency_student, entropy_sde, progressive_student, reddit_student, reddit_teacher, test_ddpm"):
     methods.get("nope")
 
   class Other(methods.Method):
