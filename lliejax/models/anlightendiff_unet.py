@@ -359,7 +359,36 @@ def _dead_time_mlp(dim: int, weight_init: bool):
   DeadLinear(4 * dim, dim, weight_init, name="mlp_2")()
 
 
-class UnetCond(nn.Module):
+class _TimeFreeUnet(nn.Module):
+  """The time-free U-Nets of ``cond.py`` (:class:`UnetCond`, :class:`UnetHE`): the shared body (no time input, no
+  feature injection, the dead time MLP declared) and a head of the subclass (:meth:`head`); returns ``(out, feats)``."""
+
+  in_dim: int = 12
+  unet_dim: int = 64
+  unet_outdim: int = 3
+  dim_mults: Sequence[int] = DIM_MULTS
+  on_res: bool = True
+  use_instance_norm: bool = True
+  weight_init: bool = True
+  official_name = ""
+
+  @property
+  def padder_size(self) -> int:
+    return 2 ** (len(self.dim_mults) - 1)
+
+  def head(self, out, x):
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, x):
+    _check_input(f"AnlightenDiff {self.official_name}", x, self.in_dim, len(self.dim_mults))
+    _dead_time_mlp(self.unet_dim, self.weight_init)
+    out, feats = _unet_body(x, None, None, dim=self.unet_dim, out_dim=self.unet_outdim, dim_mults=self.dim_mults,
+                            inject=False, use_instance_norm=self.use_instance_norm, weight_init=self.weight_init)
+    return self.head(out, x), feats
+
+
+class UnetCond(_TimeFreeUnet):
   """The conditioning encoder (``Unet_cond`` of ``cond.py``), NHWC, time-free; returns ``(out, feats)``.
 
   ``out``: with ``on_res`` (FS, ``cond_on_res: True``) the final conv plus input channels 3..5 (the HE image of the
@@ -370,31 +399,15 @@ class UnetCond(nn.Module):
   Attributes: as :class:`Unet` (``in_dim`` = ``cond_in_dim`` = 12), and ``on_res`` (FS True, TS False).
   """
 
-  in_dim: int = 12
-  unet_dim: int = 64
-  unet_outdim: int = 3
-  dim_mults: Sequence[int] = DIM_MULTS
-  on_res: bool = True
-  use_instance_norm: bool = True
-  weight_init: bool = True
+  official_name = "Unet_cond"
 
-  @property
-  def padder_size(self) -> int:
-    return 2 ** (len(self.dim_mults) - 1)
-
-  @nn.compact
-  def __call__(self, x):
-    _check_input("AnlightenDiff Unet_cond", x, self.in_dim, len(self.dim_mults))
+  def head(self, out, x):
     if self.on_res and self.in_dim < 6:
       raise ValueError(f"Unet_cond with on_res adds input channels 3..5, so in_dim must be >= 6, got {self.in_dim}")
-    _dead_time_mlp(self.unet_dim, self.weight_init)
-    out, feats = _unet_body(x, None, None, dim=self.unet_dim, out_dim=self.unet_outdim, dim_mults=self.dim_mults,
-                            inject=False, use_instance_norm=self.use_instance_norm, weight_init=self.weight_init)
-    out = out + x[..., 3:6] if self.on_res else jax.nn.sigmoid(out)
-    return out, feats
+    return out + x[..., 3:6] if self.on_res else jax.nn.sigmoid(out)
 
 
-class UnetHE(nn.Module):
+class UnetHE(_TimeFreeUnet):
   """The TS histogram-equalisation refiner (``Unet_he`` of ``TS/cond.py``), NHWC, time-free; returns ``(out, feats)``.
 
   Input ``concat[HE(LQ), img_c]`` (``in_dim`` 6). ``out``: with ``on_res`` (the diffusion config's ``on_res: True``)
@@ -403,25 +416,9 @@ class UnetHE(nn.Module):
   """
 
   in_dim: int = 6
-  unet_dim: int = 64
-  unet_outdim: int = 3
-  dim_mults: Sequence[int] = DIM_MULTS
-  on_res: bool = True
-  use_instance_norm: bool = True
-  weight_init: bool = True
+  official_name = "Unet_he"
 
-  @property
-  def padder_size(self) -> int:
-    return 2 ** (len(self.dim_mults) - 1)
-
-  @nn.compact
-  def __call__(self, x):
-    _check_input("AnlightenDiff Unet_he", x, self.in_dim, len(self.dim_mults))
-    _dead_time_mlp(self.unet_dim, self.weight_init)
-    out, feats = _unet_body(x, None, None, dim=self.unet_dim, out_dim=self.unet_outdim, dim_mults=self.dim_mults,
-                            inject=False, use_instance_norm=self.use_instance_norm, weight_init=self.weight_init)
+  def head(self, out, x):
     if self.on_res:
-      out = jnp.clip(out + (x[..., 0:3] if self.in_dim > 3 else x), 0.0, 1.0)
-    else:
-      out = jax.nn.sigmoid(out)
-    return out, feats
+      return jnp.clip(out + (x[..., 0:3] if self.in_dim > 3 else x), 0.0, 1.0)
+    return jax.nn.sigmoid(out)
