@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lliejax.diffusion import ddpm
+
 EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 #: The registered buffers of the official ``EnlightDiffusion``, in ``state_dict`` order (float32, length T; the
@@ -101,21 +103,11 @@ class Schedule:
 def make_schedule(T: int = 100, *, s: float = 0.008) -> Schedule:
   """The schedule and buffers of ``EnlightDiffusion.__init__`` (float64 arithmetic, float32 storage)."""
   betas = cosine_betas(int(T), s)
-  alphas = 1.0 - betas
-  abar = np.cumprod(alphas, axis=0)
-  abar_prev = np.append(1.0, abar[:-1])
-  post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
-  tables = {
-      "betas": betas, "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev,
-      "sqrt_alphas_cumprod": np.sqrt(abar), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
-      "log_one_minus_alphas_cumprod": np.log(1.0 - abar), "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / abar),
-      "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1), "posterior_variance": post_var,
-      "posterior_log_variance_clipped": np.log(np.maximum(post_var, 1e-20)),
-      "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
-      "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
-      "extra_term_coef1": (1.0 - np.sqrt(abar)) / np.sqrt(1.0 - abar),
-      "extra_term_coef2": ((1.0 - np.sqrt(abar_prev)) * (1.0 - alphas)
-                           - np.sqrt(alphas) * (1.0 - np.sqrt(alphas)) * (1.0 - abar_prev)) / (1.0 - abar)}
+  tables = ddpm.gaussian_diffusion_tables(betas)
+  alphas, abar, abar_prev = tables["alphas"], tables["alphas_cumprod"], tables["alphas_cumprod_prev"]
+  tables["extra_term_coef1"] = (1.0 - np.sqrt(abar)) / np.sqrt(1.0 - abar)
+  tables["extra_term_coef2"] = ((1.0 - np.sqrt(abar_prev)) * (1.0 - alphas)
+                                - np.sqrt(alphas) * (1.0 - np.sqrt(alphas)) * (1.0 - abar_prev)) / (1.0 - abar)
   buffers = {k: np.asarray(tables[k], np.float32) for k in BUFFER_NAMES}
   return Schedule(T=int(T), betas=betas, alphas_cumprod=abar, buffers=buffers)
 

@@ -41,6 +41,26 @@ def beta_schedule(kind: Schedule, T: int, *, beta_start: float = 1e-4, beta_end:
   raise ValueError(f"unknown beta schedule {kind!r}; expected 'linear' or 'cosine'")
 
 
+
+def gaussian_diffusion_tables(betas: np.ndarray) -> dict[str, np.ndarray]:
+  """The float64 tables behind the registered buffers of the DDPM ``GaussianDiffusion`` family (SR3 / ReDDiT,
+  AnlightenDiff), from ``betas``: ``alphas_cumprod`` (and ``_prev``), their square roots and logs, the posterior
+  variance (log clipped at 1e-20) and the two posterior-mean coefficients, under the official buffer names; plus
+  ``alphas`` for callers that derive further tables."""
+  betas = np.asarray(betas, np.float64)
+  alphas = 1.0 - betas
+  abar = np.cumprod(alphas, axis=0)
+  abar_prev = np.append(1.0, abar[:-1])
+  post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+  return {
+      "betas": betas, "alphas": alphas, "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev,
+      "sqrt_alphas_cumprod": np.sqrt(abar), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
+      "log_one_minus_alphas_cumprod": np.log(1.0 - abar), "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / abar),
+      "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1), "posterior_variance": post_var,
+      "posterior_log_variance_clipped": np.log(np.maximum(post_var, 1e-20)),
+      "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
+      "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)}
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class DDPM:
   """The tables of a T-step DDPM (numpy float32, closed over by jitted functions as constants)."""

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lliejax.diffusion import ddpm
+
 EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 #: The registered buffers of the official ``GaussianDiffusion``, in ``state_dict`` order (float32, length N).
@@ -86,18 +88,8 @@ def make_schedule(num_timesteps: int, time_scale: int, *, linear_start: float = 
   if n < 1 or s < 1:
     raise ValueError(f"num_timesteps and time_scale must be >= 1, got {n} and {s}")
   betas = np.linspace(linear_start, linear_end, n * s + 1, dtype=np.float64)
-  alphas = 1.0 - betas
-  abar = np.cumprod(alphas, axis=0)
-  abar_prev = np.append(1.0, abar[:-1])
-  post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
-  tables = {
-      "betas": betas, "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev,
-      "sqrt_alphas_cumprod": np.sqrt(abar), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
-      "log_one_minus_alphas_cumprod": np.log(1.0 - abar), "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / abar),
-      "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1), "posterior_variance": post_var,
-      "posterior_log_variance_clipped": np.log(np.maximum(post_var, 1e-20)),
-      "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
-      "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)}
+  tables = ddpm.gaussian_diffusion_tables(betas)
+  abar = tables["alphas_cumprod"]
   buffers = {k: np.asarray(tables[k], np.float32) for k in BUFFER_NAMES}
   return Schedule(num_timesteps=n, time_scale=s, betas=betas, alphas_cumprod=abar,
                   gamma_prev=np.sqrt(np.append(1.0, abar)), buffers=buffers)
