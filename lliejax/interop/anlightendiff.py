@@ -57,8 +57,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lliejax.interop.keymap import (Converted, Entry, KeyMap, StateDictMismatchError, flatten, path_to_key,
-                                    shape_of, strip_prefix, to_float32, torch_shape)
+from lliejax.interop.keymap import (Converted, Entry, KeyMap, StateDictMismatchError, compare_keys, flatten,
+                                    path_to_key, shape_of, strip_prefix, to_float32, torch_shape)
 
 #: The Lightning prefix of each network, per layout (``fs``: ``FS/``, ``ts``: ``TS/``).
 PREFIXES = {"fs": {"unet": "model.unet.", "encoder": "encoder."},
@@ -282,21 +282,7 @@ class AnlightenDiffKeyMap(KeyMap):
       arch = inferred if inferred is not None else self.infer(shapes)  # the latter raises the descriptive error
     arch = self.arch(arch)
     entries = self._entries(arch)
-    expected = {key for _, key, _ in entries}
-    missing = [key for _, key, _ in entries if key not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = []
-    for _, key, e in entries:
-      if key not in sd:
-        continue
-      v = sd[key]
-      dtype = str(getattr(v, "dtype", type(v).__name__)).replace("torch.", "")
-      if not hasattr(v, "shape"):
-        mismatched.append((key, f"a {type(v).__name__}", f"a float tensor of shape {e.shape}"))
-      elif shapes[key] != e.shape:
-        mismatched.append((key, shapes[key], e.shape))
-      elif not any(s in dtype for s in ("float", "half", "double")):
-        mismatched.append((key, f"dtype {dtype}", "a floating dtype"))
+    missing, unexpected, mismatched = compare_keys(sd, shapes, [(key, e.shape) for _, key, e in entries])
     if copy:
       enc = PREFIXES["ts"]["encoder"]
       if not arch["two_step"]:

@@ -186,6 +186,29 @@ class Converted:
   num_params: int
 
 
+def compare_keys(sd: Mapping[str, Any], shapes: Mapping[str, tuple], expected: Sequence[tuple[str, tuple]]
+                 ) -> tuple[list, list, list]:
+  """``(missing, unexpected, mismatched)`` of a state dict ``sd`` (``shapes``: its keys' shapes) against the
+  ``(key, shape)`` pairs ``expected``: mismatched are non-tensors, other shapes and non-floating dtypes, as
+  ``(key, found, wanted)`` for :class:`StateDictMismatchError`."""
+  keys = {k for k, _ in expected}
+  missing = [k for k, _ in expected if k not in sd]
+  unexpected = [k for k in sd if k not in keys]
+  mismatched = []
+  for k, shape in expected:
+    if k not in sd:
+      continue
+    v = sd[k]
+    dtype = str(getattr(v, "dtype", type(v).__name__)).replace("torch.", "")
+    if not hasattr(v, "shape"):
+      mismatched.append((k, f"a {type(v).__name__}", f"a float tensor of shape {shape}"))
+    elif shapes[k] != shape:
+      mismatched.append((k, shapes[k], shape))
+    elif not any(s in dtype for s in ("float", "half", "double")):
+      mismatched.append((k, f"dtype {dtype}", "a floating dtype"))
+  return missing, unexpected, mismatched
+
+
 class KeyMap(abc.ABC):
   """The official <-> lliejax mapping of one network family (see the module docstring)."""
 
@@ -273,21 +296,7 @@ class KeyMap(abc.ABC):
       arch = inferred if inferred is not None else self.infer(shapes)  # the latter raises the descriptive error
     arch = self.arch(arch)
     spec = self.spec(arch)
-    expected = {e.key: e for e in spec}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = []
-    for k, e in expected.items():
-      if k not in sd:
-        continue
-      v = sd[k]
-      dtype = str(getattr(v, "dtype", type(v).__name__)).replace("torch.", "")
-      if not hasattr(v, "shape"):
-        mismatched.append((k, f"a {type(v).__name__}", f"a float tensor of shape {e.shape}"))
-      elif shapes[k] != e.shape:
-        mismatched.append((k, shapes[k], e.shape))
-      elif not any(s in dtype for s in ("float", "half", "double")):
-        mismatched.append((k, f"dtype {dtype}", "a floating dtype"))
+    missing, unexpected, mismatched = compare_keys(sd, shapes, [(e.key, e.shape) for e in spec])
     if missing or unexpected or mismatched:
       hint = None
       if any(k.startswith("ema_model.") for k in unexpected):
