@@ -14,9 +14,10 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``lol,
                        seed 3407, validation with the full sampler. The yaml trains 1,000 epochs on the union
                        ``LOL+LOLv2+VELOL`` (LOL ``our485``, LOL-v2 ``Real_captured/Train``, VE-LOL-L-Cap-Full
                        ``train``: 485 + 689 + 400 = 1,574 pairs, 66 batches an epoch): ``num_train_steps =
-                       66,000``. **Data**: lliejax has no VE-LOL builder yet, so ``data.name`` is ``lol_v1`` (LOL
-                       alone: 66,000 steps are about 3,270 of its epochs); set ``dataset=`` to the union once it is
-                       registered.
+                       66,000``. **Data**: ``data.name = lol_v1_v2_velol`` is that union
+                       (:class:`lliejax.data.lol.LolV1V2Velol`; ``manual_dir`` = the official ``data/`` folder);
+                       its ``test`` split is LOL ``eval15``, the yaml's ``test_folder``. ``dataset=lol_v1`` trains on
+                       LOL alone (66,000 steps are then about 3,270 of its epochs).
 ``demo``               small networks (``unet_dim`` 16, four levels, 1.2 M parameters) on the offline demo
                        photos: T = 20, the smooth-L1 noise loss, batch 8, 64x64 crops, Lion 4e-4, 1,500 steps.
                        Not an official configuration. Measured on the shared 2-core machine (load 3-4):
@@ -88,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.grad_clip = 1.0
 
   c.data = da = ml_collections.ConfigDict()
-  da.name = "lol_v1"  # the paper trains on LOL+LOLv2+VELOL (module docstring)
+  da.name = "lol_v1_v2_velol"  # use_dataset: 'LOL+LOLv2+VELOL' (module docstring)
   da.data_dir = "~/tensorflow_datasets"
   da.manual_dir = ml_collections.config_dict.placeholder(str)
   da.augment = "crop_flip"  # dataset.py: random crop, hflip, then vflip or rot90 (flip_or_rot)

@@ -19,8 +19,8 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow):
                        per stage (50 batches an epoch: 50,000 steps). Stage defaults: ``encoder`` Lion 4e-4
                        (``cond_optimizer``, ``cond_lr``), ``he`` AdamW 4e-4 with PyTorch's defaults (0.9, 0.999,
                        eps 1e-8, weight decay 0.01; ``he_optimizer``, ``he_lr``), ``diffusion`` Lion 4e-4 (0.9, 0.99)
-                       with the ``l2`` loss (``loss_type``). **Data**: ``lol_v1`` until lliejax has a VE-LOL builder
-                       (see ``anlightendiff_fs``).
+                       with the ``l2`` loss (``loss_type``). **Data**: the union ``lol_v1_v2_velol`` (see
+                       ``anlightendiff_fs``; ``test`` = LOL ``eval15``, the yaml's ``test_folder``).
 ``demo``               small networks (``unet_dim`` 16, four levels) on the offline demo photos: batch 8, 64x64
                        crops (112x112 in the encoder stage: the 4-scale MS-SSIM needs more than 99 pixels), 300
                        steps for the encoder and he stages, 1,500 for the diffusion stage at T = 20 (as
@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.grad_clip = 1.0
 
   c.data = da = ml_collections.ConfigDict()
-  da.name = "lol_v1"
+  da.name = "lol_v1_v2_velol"  # use_dataset: 'LOL+LOLv2+VELOL'
   da.data_dir = "~/tensorflow_datasets"
   da.manual_dir = ml_collections.config_dict.placeholder(str)
   da.augment = "crop_flip"

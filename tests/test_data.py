@@ -139,6 +139,55 @@ def test_lol_v2_synthetic_roundtrip(tmp_path):
     _assert_same(_read_all("lol_v2_synthetic", str(tmp_path / "tfds"), split), expected[split])
 
 
+def _make_velol(root, split_counts=(("train", 3, 1), ("test", 2, 401))):
+  base = os.path.join(root, "VE-LOL-L-Cap-Full")
+  out = {}
+  for split, n, off in split_counts:
+    ids = range(off, off + n)
+    out[split] = _write_split(base, f"{split}/low", f"{split}/high", [f"low{i:05d}.png" for i in ids],
+                              [f"normal{i:05d}.png" for i in ids], seed=off + 7)
+  return out
+
+
+def test_velol_roundtrip(tmp_path):
+  """VE-LOL-L-Cap-Full: manual_dir = VE-LOL-L; AnlightenDiff's 'normal' -> 'low' name rule pairs as the ids."""
+  expected = _make_velol(str(tmp_path / "VE-LOL-L"))
+  registry.prepare("velol", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "VE-LOL-L"))
+  for split in ("train", "test"):
+    got = _read_all("velol", str(tmp_path / "tfds"), split)
+    _assert_same(got, expected[split])
+    for name in got:  # the official rule: the high file's name with 'normal' replaced by 'low'
+      assert name.replace("low", "normal") + ".png" in os.listdir(tmp_path / f"VE-LOL-L/VE-LOL-L-Cap-Full/{split}/high")
+
+
+def test_union_lol_v1_v2_velol(tmp_path):
+  """AnlightenDiff's LOL+LOLv2+VELOL: the official data/ folder (LOL-v2 folders renamed to low/high as its README
+  suggests), one train split of all three with prefixed names, LOL eval15 as 'test' (train.yaml), the other tests named."""
+  data = tmp_path / "data"
+  v1 = _make_lol_v1(str(data / "LOL"), n_train=2, n_test=1)
+  v2 = _make_lol_v2(str(data / "LOL-v2"), "Real_captured", n_train=2, n_test=1)
+  for split in ("Train", "Test"):
+    os.rename(data / f"LOL-v2/Real_captured/{split}/Normal", data / f"LOL-v2/Real_captured/{split}/high")
+  ve = _make_velol(str(data / "VE-LOL-L"), (("train", 2, 1), ("test", 1, 401)))
+  tfds_dir = str(tmp_path / "tfds")
+  registry.prepare("lol_v1_v2_velol", data_dir=tfds_dir, manual_dir=str(tmp_path))  # data/ found one level down
+  train = {f"lol_v1/{k}": v for k, v in v1["train"].items()}
+  train.update({f"lol_v2_real/{k}": v for k, v in v2["train"].items()})
+  train.update({f"velol/{k}": v for k, v in ve["train"].items()})
+  _assert_same(_read_all("lol_v1_v2_velol", tfds_dir, "train"), train)
+  _assert_same(_read_all("lol_v1_v2_velol", tfds_dir, "test"), {f"lol_v1/{k}": v for k, v in v1["test"].items()})
+  _assert_same(_read_all("lol_v1_v2_velol", tfds_dir, "test_lol_v2_real"),
+               {f"lol_v2_real/{k}": v for k, v in v2["test"].items()})
+  _assert_same(_read_all("lol_v1_v2_velol", tfds_dir, "test_velol"), {f"velol/{k}": v for k, v in ve["test"].items()})
+  # a missing member names the folder it expected and its alternatives; nothing is written
+  bad = tmp_path / "bad" / "data"
+  _make_lol_v1(str(bad / "LOLdataset"), n_train=1, n_test=1)
+  with pytest.raises(ValueError, match=r"lol_v1_v2_velol: expected folder .*LOL-v2/Real_captured/Train/Low \(or "
+                                       r"LOLv2/LOL-v2/Real_captured/Train/Low\) \(split 'train'\)"):
+    registry.prepare("lol_v1_v2_velol", data_dir=str(tmp_path / "tfds2"), manual_dir=str(bad))
+  assert not os.path.exists(tmp_path / "tfds2" / "lol_v1_v2_velol")
+
+
 def test_missing_folder_errors(tmp_path):
   manual = tmp_path / "m"
   _write_split(str(manual), "our485/low", "our485/high", ["1.png"], ["1.png"], seed=0)
@@ -150,7 +199,7 @@ def test_missing_folder_errors(tmp_path):
     registry.prepare("lol_v1", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "nope"))
   with pytest.raises(ValueError, match="manual_dir"):
     registry.prepare("lol_v2_synthetic", data_dir=str(tmp_path / "tfds"))
-  with pytest.raises(ValueError, match="lliejax_demo, lol_v1, lol_v2_real, lol_v2_synthetic"):
+  with pytest.raises(ValueError, match="lliejax_demo, lol_v1, lol_v2_real, lol_v2_synthetic, velol, lol_v1_v2_velol"):
     registry.get_builder("lol_v3", data_dir=str(tmp_path / "tfds"))
   assert not os.path.exists(tmp_path / "tfds" / "lol_v1")
 

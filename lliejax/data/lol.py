@@ -122,7 +122,10 @@ class PairedFolderBuilder(common.LocalCodePath, tfds.core.GeneratorBasedBuilder,
 
   Subclasses set ``SUBSET`` (the folder inside the dataset root that holds the splits, or ``None``),
   ``ROOT_WRAPPERS`` (folder names that may wrap the root when ``manual_dir`` points one level higher),
-  ``SPLIT_DIRS`` (split -> ``(low_dir, high_dir)`` relative to the subset folder) and ``OFFICIAL_COUNTS``.
+  ``SPLIT_DIRS`` (split -> ``(low_dir, high_dir)`` relative to the subset folder, or a tuple of
+  ``(tag, low_dir, high_dir)`` parts whose pairs are concatenated, the example names then prefixed ``tag/``; a
+  folder may list alternative spellings separated by ``|``, the first that exists is taken) and
+  ``OFFICIAL_COUNTS``.
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -138,17 +141,37 @@ class PairedFolderBuilder(common.LocalCodePath, tfds.core.GeneratorBasedBuilder,
     return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION, features=common.pair_features(),
                                  homepage=self.HOMEPAGE)
 
+  @classmethod
+  def split_parts(cls, split: str) -> tuple[tuple[str, str, str], ...]:
+    """``((tag, low_dir, high_dir), ...)`` of ``split`` (one part with tag ``''`` for a plain ``(low, high)``)."""
+    dirs = cls.SPLIT_DIRS[split]
+    return (("",) + tuple(dirs),) if isinstance(dirs[0], str) else tuple(dirs)
+
   def _layout(self) -> str:
-    return "; ".join(f"{split}: {os.path.join(*(p for p in (self.SUBSET, lo) if p))} + "
-                     f"{os.path.join(*(p for p in (self.SUBSET, hi) if p))}"
-                     for split, (lo, hi) in self.SPLIT_DIRS.items())
+    def where(rel):
+      return os.path.join(*(p for p in (self.SUBSET, rel) if p))
+    return "; ".join(f"{split}: " + ", ".join(f"{where(lo)} + {where(hi)}" for _, lo, hi in self.split_parts(split))
+                     for split in self.SPLIT_DIRS)
+
+  @staticmethod
+  def _find(base: str, rel: str) -> str:
+    """``base/rel`` matched case-insensitively per component; ``rel`` may be ``a|b`` (the first that exists)."""
+    found = []
+    for option in rel.split("|"):
+      d = base
+      for part in option.split("/"):
+        d = child_dir(d, part)
+      if os.path.isdir(d):
+        return d
+      found.append(d)
+    return found[0]
 
   def resolve_subset_dir(self, manual_dir: str) -> str:
     """The folder that holds the split folders, accepting ``manual_dir`` at a few levels (see module doc)."""
     manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
     if not os.path.isdir(manual_dir):
       raise ValueError(f"{self.name}: manual_dir {manual_dir} does not exist (expected layout: {self._layout()})")
-    first_split = next(iter(self.SPLIT_DIRS.values()))[0].split("/")[0]
+    firsts = [rel.split("/")[0] for rel in self.split_parts(next(iter(self.SPLIT_DIRS)))[0][1].split("|")]
     roots = [manual_dir] + [child_dir(manual_dir, w) for w in self.ROOT_WRAPPERS]
     candidates = []
     for root in roots:
@@ -159,11 +182,12 @@ class PairedFolderBuilder(common.LocalCodePath, tfds.core.GeneratorBasedBuilder,
       else:
         candidates.append(root)
     for c in candidates:
-      if os.path.isdir(child_dir(c, first_split)):
+      if any(os.path.isdir(child_dir(c, first)) for first in firsts):
         return c
     expected = candidates[0]
     raise ValueError(f"{self.name}: could not find the dataset under manual_dir {manual_dir}: expected folder "
-                     f"{child_dir(expected, first_split)} (layout: {self._layout()}); found entries "
+                     f"{' or '.join(child_dir(expected, first) for first in firsts)} (layout: {self._layout()}); "
+                     f"found entries "
                      f"{sorted(os.listdir(manual_dir))[:10]}")
 
   def split_pairs(self, manual_dir: str, *, warn: bool = False) -> dict[str, list[tuple[str, str, str]]]:
@@ -173,17 +197,19 @@ class PairedFolderBuilder(common.LocalCodePath, tfds.core.GeneratorBasedBuilder,
     """
     base = self.resolve_subset_dir(manual_dir)
     out = {}
-    for split, (lo, hi) in self.SPLIT_DIRS.items():
-      dirs = []
-      for rel in (lo, hi):
-        d = base
-        for part in rel.split("/"):
-          d = child_dir(d, part)
-        if not os.path.isdir(d):
-          raise ValueError(f"{self.name}: expected folder {d} (split {split!r}) does not exist; "
-                           f"layout: {self._layout()}")
-        dirs.append(d)
-      pairs = pair_files(dirs[0], dirs[1], dataset=self.name)
+    for split in self.SPLIT_DIRS:
+      pairs = []
+      for tag, lo, hi in self.split_parts(split):
+        dirs = []
+        for rel in (lo, hi):
+          d = self._find(base, rel)
+          if not os.path.isdir(d):
+            alternatives = f" (or {' or '.join(rel.split('|')[1:])})" if "|" in rel else ""
+            raise ValueError(f"{self.name}: expected folder {d}{alternatives} (split {split!r}) does not exist; "
+                             f"layout: {self._layout()}")
+          dirs.append(d)
+        pairs += [(lq, gt, f"{tag}/{name}" if tag else name)
+                  for lq, gt, name in pair_files(dirs[0], dirs[1], dataset=self.name)]
       official = self.OFFICIAL_COUNTS.get(split)
       if warn and official is not None and len(pairs) != official:
         _log.warning("%s: split %r has %d pairs (the official release has %d)", self.name, split, len(pairs),
@@ -248,3 +274,62 @@ class LolV2Synthetic(PairedFolderBuilder):
   DESCRIPTION = "LOL-v2 Synthetic low-light / normal-light pairs."
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract LOL-v2 and pass the LOL-v2 root (holding Synthetic/) or the "
                                   "Synthetic folder itself as manual_dir.")
+
+
+class VeLol(PairedFolderBuilder):
+  """VE-LOL-L captured subset (Liu et al. IJCV 2021), ``VE-LOL-L-Cap-Full``: 400 training and 100 test pairs.
+
+  The layout is the one AnlightenDiff's README asks for (``VE-LOL-L/VE-LOL-L-Cap-Full/{train,test}/{low,high}``).
+  Its loader (``FS/dataset.py`` ``DatasetFromFolder``) lists ``high/`` and finds each low-light file by replacing
+  ``normal`` with ``low`` in the path (``normal00001.png`` -> ``low00001.png``); for those names the pairing by
+  numeric id of :func:`pair_files` gives the same pairs.
+  """
+
+  name = "velol"
+  SUBSET = "VE-LOL-L-Cap-Full"
+  ROOT_WRAPPERS = ("VE-LOL-L", "VE-LOL")
+  SPLIT_DIRS = {"train": ("train/low", "train/high"), "test": ("test/low", "test/high")}
+  OFFICIAL_COUNTS = {"train": 400, "test": 100}
+  HOMEPAGE = "https://flyywh.github.io/IJCV2021LowLight_VELOL/"
+  DESCRIPTION = "VE-LOL-L-Cap-Full low-light / normal-light pairs (paired by numeric id)."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Extract VE-LOL-L.zip and pass VE-LOL-L (holding VE-LOL-L-Cap-Full/) or "
+                                  "VE-LOL-L-Cap-Full itself as manual_dir.")
+
+
+class LolV1V2Velol(PairedFolderBuilder):
+  """AnlightenDiff's training union ``use_dataset: 'LOL+LOLv2+VELOL'`` (``FS/train.py``): LOL ``our485``, LOL-v2
+  ``Real_captured/Train`` and VE-LOL-L-Cap-Full ``train`` in one ``train`` split of 485 + 689 + 400 = 1,574 pairs,
+  named ``lol_v1/<stem>``, ``lol_v2_real/<stem>``, ``velol/<stem>``.
+
+  ``manual_dir`` is the official ``data/`` folder (README "Dataset")::
+
+    LOL/our485/{low,high}   LOL/eval15/{low,high}
+    LOL-v2/Real_captured/{Train,Test}/{Low,Normal}   (or low/high, the folders renamed as the README suggests)
+    VE-LOL-L/VE-LOL-L-Cap-Full/{train,test}/{low,high}
+
+  ``LOLdataset`` for ``LOL`` and ``LOLv2/LOL-v2`` (TS ``two_step.yaml``) for ``LOL-v2`` are accepted too. Splits:
+  ``train`` (the union), ``test`` = LOL ``eval15`` (15; ``train.yaml``'s ``test_folder``, the set the official
+  training validates on), ``test_lol_v2_real`` (100) and ``test_velol`` (100), the sets of the official test
+  yamls.
+  """
+
+  name = "lol_v1_v2_velol"
+  SUBSET = None
+  ROOT_WRAPPERS = ("data",)
+  SPLIT_DIRS = {
+      "train": (("lol_v1", "LOL/our485/low|LOLdataset/our485/low", "LOL/our485/high|LOLdataset/our485/high"),
+                ("lol_v2_real", "LOL-v2/Real_captured/Train/Low|LOLv2/LOL-v2/Real_captured/Train/Low",
+                 "LOL-v2/Real_captured/Train/Normal|LOL-v2/Real_captured/Train/high|"
+                 "LOLv2/LOL-v2/Real_captured/Train/Normal|LOLv2/LOL-v2/Real_captured/Train/high"),
+                ("velol", "VE-LOL-L/VE-LOL-L-Cap-Full/train/low", "VE-LOL-L/VE-LOL-L-Cap-Full/train/high")),
+      "test": (("lol_v1", "LOL/eval15/low|LOLdataset/eval15/low", "LOL/eval15/high|LOLdataset/eval15/high"),),
+      "test_lol_v2_real": (("lol_v2_real", "LOL-v2/Real_captured/Test/Low|LOLv2/LOL-v2/Real_captured/Test/Low",
+                            "LOL-v2/Real_captured/Test/Normal|LOL-v2/Real_captured/Test/high|"
+                            "LOLv2/LOL-v2/Real_captured/Test/Normal|LOLv2/LOL-v2/Real_captured/Test/high"),),
+      "test_velol": (("velol", "VE-LOL-L/VE-LOL-L-Cap-Full/test/low", "VE-LOL-L/VE-LOL-L-Cap-Full/test/high"),),
+  }
+  OFFICIAL_COUNTS = {"train": 1574, "test": 15, "test_lol_v2_real": 100, "test_velol": 100}
+  HOMEPAGE = "https://github.com/allanchan339/AnlightenDiff"
+  DESCRIPTION = "LOL + LOL-v2 real + VE-LOL-L-Cap-Full training union of AnlightenDiff."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Pass the folder holding LOL/, LOL-v2/ and VE-LOL-L/ (AnlightenDiff's data/) as "
+                                  "manual_dir.")

@@ -6,6 +6,9 @@
 ``lol_v1``             LOL (485 + 15 pairs) from a user-supplied ``manual_dir`` (:mod:`lliejax.data.lol`)
 ``lol_v2_real``        LOL-v2 real-captured (689 + 100)
 ``lol_v2_synthetic``   LOL-v2 synthetic (900 + 100)
+``velol``              VE-LOL-L-Cap-Full (400 + 100)
+``lol_v1_v2_velol``    AnlightenDiff's training union LOL + LOL-v2 real + VE-LOL (1,574 train pairs; tests: LOL
+                       eval15 ``test``, ``test_lol_v2_real``, ``test_velol``)
 =====================  ==========================================================================================
 
 :func:`register` adds a dataset: a factory ``(data_dir, config_name) -> builder`` and whether it needs a
@@ -54,7 +57,7 @@ def _builtin() -> None:
   register(Dataset("lliejax_demo", lambda d, c: demo.demo_builder(d, **_demo_args(c)), manual=False,
                    configs_help="lliejax_demo also accepts lliejax_demo/small, lliejax_demo/full, "
                                 "lliejax_demo/max<N>_seed<S>"))
-  for cls in (lol.LolV1, lol.LolV2Real, lol.LolV2Synthetic):
+  for cls in (lol.LolV1, lol.LolV2Real, lol.LolV2Synthetic, lol.VeLol, lol.LolV1V2Velol):
     register(Dataset(cls.name, lambda d, c, cls=cls: cls(data_dir=d, file_format="array_record"), manual=True))
 
 
