@@ -187,10 +187,14 @@ def _parser() -> argparse.ArgumentParser:
                      epilog="examples:\n"
                      "  lliejax convert lolv1.pth exports/lolv1 --config configs/entropy_sde.py:lolv1\n"
                      "  lliejax convert lastest_EMA.pth exports/ema            # architecture inferred from the keys\n"
-                     "  lliejax convert --to-torch exports/lolv1 lolv1_from_jax.pth")
+                     "  lliejax convert --to-torch exports/lolv1 lolv1_from_jax.pth\n"
+                     "  lliejax convert --to-torch exports/fs FS_from_jax.ckpt    # AnlightenDiff: a Lightning .ckpt")
   c.add_argument("src", help="an official .pth/.ckpt file (default), or an export directory with --to-torch")
-  c.add_argument("dst", help="an export directory (default), or a .pth file with --to-torch")
-  c.add_argument("--to-torch", action="store_true", help="export directory SRC -> official state_dict .pth DST")
+  c.add_argument("dst", help="an export directory (default), or a .pth file with --to-torch (AnlightenDiff: also "
+                 "a Lightning .ckpt)")
+  c.add_argument("--to-torch", action="store_true", help="export directory SRC -> official state_dict .pth DST, or "
+                 "for AnlightenDiff a .ckpt DST the official LitDiffusion loads strictly (networks, schedule "
+                 "buffers)")
   c.add_argument("--config", default=None, metavar="PATH[:ARG]",
                  help="config whose `model` section the checkpoint must match, recorded in the export (default: "
                  "the architecture inferred from the keys, the other sections of entropy_sde:lolv1)")
@@ -205,32 +209,40 @@ def _parser() -> argparse.ArgumentParser:
                      "  Entropy-SDE / Refusion: ConditionalNAFNet forward after checkpoint conversion, IR-SDE tables\n"
                      "    and steps, KDE spatial-entropy losses (lliejax.interop.crosscheck);\n"
                      "  ReDDiT: gamma schedules, SR3 UNet forward after conversion, strided DDIM, the trajectory-\n"
-                     "    distillation loss and its gradient (lliejax.interop.crosscheck_reddit).\n"
+                     "    distillation loss and its gradient (lliejax.interop.crosscheck_reddit);\n"
+                     "  AnlightenDiff: schedule buffers, the 12-channel condition, DRDA q_sample, DRDS step and\n"
+                     "    sampler, the FS/TS networks after conversion and strict export, the FS loss (DFPL, L1, L2)\n"
+                     "    and its gradient (lliejax.interop.crosscheck_anlightendiff).\n"
                      "The method is detected from the checkout unless named. Needs PyTorch; nothing is downloaded;\n"
                      "the official code runs on the CPU. Exit status: 0 all pass, 1 a comparison failed, 2 usage "
                      "error.",
                      epilog="examples:\n"
                      "  lliejax crosscheck --official /tmp/spatial-entropy-loss      # Entropy-SDE (detected)\n"
                      "  lliejax crosscheck reddit --official /tmp/ReDDiT --only unet,ddim\n"
-                     "  lliejax crosscheck --official /tmp/ReDDiT --full             # + the LOL UNet in ddim/distill")
-  x.add_argument("method", nargs="?", default="auto", choices=("auto", "entropy_sde", "reddit"),
+                     "  lliejax crosscheck --official /tmp/ReDDiT --full             # + the LOL UNet in ddim/distill\n"
+                     "  lliejax crosscheck anlightendiff --official /tmp/AnlightenDiff --only nets,sampler\n"
+                     "  lliejax crosscheck --official /tmp/AnlightenDiff --full      # + the released-size networks")
+  x.add_argument("method", nargs="?", default="auto", choices=("auto", "entropy_sde", "reddit", "anlightendiff"),
                  help="whose official code --official holds (default: auto, detected from the files)")
   x.add_argument("--official", required=True, metavar="DIR",
-                 help="local checkout of shermanlian/spatial-entropy-loss, Algolzw/image-restoration-sde or "
-                 "lgz-0713/ReDDiT")
+                 help="local checkout of shermanlian/spatial-entropy-loss, Algolzw/image-restoration-sde, "
+                 "lgz-0713/ReDDiT or allanchan339/AnlightenDiff (AnlightenDiff: a bare git mirror too)")
   x.add_argument("--task", default=None, help="Entropy-SDE: codes/config/<task> to take DenoisingNAFNet_arch.py "
                  "from (default: low-light if present)")
   x.add_argument("--full", action="store_true", help="Entropy-SDE: also check the 288M-parameter low-light NAFNet; "
-                 "ReDDiT: DDIM and distillation also with the LOL UNet")
+                 "ReDDiT: DDIM and distillation also with the LOL UNet; AnlightenDiff: the network rows also with "
+                 "the released networks (64 wide, six levels)")
   x.add_argument("--config", default=None, metavar="PATH[:ARG]", help="Entropy-SDE: check this config's NAFNet "
                  "instead of the small default")
   x.add_argument("--sizes", type=_sizes, default=None, metavar="HxW,...",
-                 help="network input sizes (default: 64x64,37x53 for the NAFNet, 32x48 for the SR3 UNet)")
+                 help="network input sizes (default: 64x64,37x53 for the NAFNet, 32x48 for the SR3 UNet and "
+                 "AnlightenDiff's networks)")
   x.add_argument("--timesteps", type=_ints, default="1,2,50,100", metavar="T,...", help="Entropy-SDE timesteps")
   x.add_argument("--batch", type=int, default=2, help="batch size of the network checks")
   x.add_argument("--seed", type=int, default=0)
   x.add_argument("--only", default=None, help="comma-separated subset of the checks: nafnet,sde,kde (Entropy-SDE, "
-                 "default all) or unet,schedule,ddim,distill (ReDDiT, default all)")
+                 "default all), unet,schedule,ddim,distill (ReDDiT, default all) or schedule,condition,q_sample,"
+                 "drds,nets,sampler,loss (AnlightenDiff, default all)")
   x.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
   x.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
   return p
@@ -470,7 +482,8 @@ def _cmd_convert(args) -> int:
 
   if args.to_torch:
     out, n = convert.export_to_torch(args.src, args.dst, overwrite=args.overwrite)
-    print(f"wrote {out}: {n:,} parameters (official state_dict, float32)")
+    kind = "Lightning checkpoint" if out.endswith(".ckpt") else "official state_dict"
+    print(f"wrote {out}: {n:,} parameters ({kind}, float32)")
     return 0
   convert.convert_checkpoint(args.src, args.dst, config_spec=args.config, key_prefix=args.key_prefix,
                              overwrite=args.overwrite)
@@ -484,7 +497,11 @@ def _cmd_crosscheck(args) -> int:
   method = crosscheck_reddit.detect_method(args.official) if args.method == "auto" else args.method
   only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
   log = lambda s: print(s, flush=True)  # noqa: E731
-  if method == "reddit":
+  if method == "anlightendiff":
+    from lliejax.interop import crosscheck_anlightendiff as ca  # pylint: disable=import-outside-toplevel
+    rows = ca.run_checks(args.official, only=only or ca.CHECKS, full=args.full, sizes=args.sizes or ca.DEFAULT_SIZES,
+                         batch=args.batch, seed=args.seed, threads=args.threads, log=log)
+  elif method == "reddit":
     rows = crosscheck_reddit.run_checks(args.official, only=only or crosscheck_reddit.CHECKS, full=args.full,
                                         sizes=args.sizes or crosscheck_reddit.DEFAULT_SIZES, batch=args.batch,
                                         seed=args.seed, threads=args.threads, log=log)

@@ -385,8 +385,9 @@ def _random_lightning_state_dict(arch, rng):
 @pytest.mark.parametrize("name", ["anlightendiff_fs", "anlightendiff_ts"])
 def test_convert_ckpt_roundtrip_and_sample(tmp_path, name):
   """A random official-layout Lightning checkpoint (``torch.save({'state_dict': ...})``, buffers and the TS encoder
-  copy included) -> ``lliejax convert`` -> export -> ``--to-torch``: every network tensor back exactly; the FS
-  export then samples in one compiled program (the DRDS loop is a single ``while``), output in [0, 1]."""
+  copy included) -> ``lliejax convert`` -> export -> ``--to-torch`` ``.pth`` and ``.ckpt`` (with the buffers of the
+  export's T): every network tensor back exactly; the FS export then samples in one compiled program (the DRDS
+  loop is a single ``while``), output in [0, 1]."""
   torch = pytest.importorskip("torch")
   spec = f"{name}:tiny"
   config = load(spec)
@@ -405,6 +406,20 @@ def test_convert_ckpt_roundtrip_and_sample(tmp_path, name):
   assert list(sd2) == nets
   for k in nets:
     assert np.array_equal(sd2[k].numpy(), sd[k]), k
+  # --to-torch x.ckpt: the Lightning checkpoint, buffers of the export's T first (float32, as the official
+  # EnlightDiffusion registers them), then the networks (the official modules load it strictly:
+  # tests/test_crosscheck_anlightendiff.py).
+  back_ckpt = tmp_path / "back.ckpt"
+  assert cli.main(["convert", "--to-torch", str(out), str(back_ckpt)]) == 0
+  ckpt = torch.load(back_ckpt, weights_only=True)
+  assert (ckpt["epoch"], ckpt["global_step"]) == (0, 0) and ckpt["pytorch-lightning_version"].startswith("1.")
+  buffers = ad.make_schedule(config.diffusion.timesteps).buffers
+  assert list(ckpt["state_dict"]) == [ia.BUFFER_PREFIX + n for n in ia.BUFFER_NAMES] + nets
+  for n in ia.BUFFER_NAMES:
+    v = ckpt["state_dict"][ia.BUFFER_PREFIX + n]
+    assert v.dtype == torch.float32 and np.array_equal(v.numpy(), buffers[n]), n
+  for k in nets:
+    assert np.array_equal(ckpt["state_dict"][k].numpy(), sd[k]), k
   if name != "anlightendiff_fs":
     return
   method = methods.build(exp.config)

@@ -1,34 +1,32 @@
 """PyTorch references of AnlightenDiff's three networks for the tests: the official modules, or a transcription.
 
-* :func:`load_official`: the real ``model.py`` / ``commons.py`` / ``cond.py`` / ``utils/module_util.py`` of
-  allanchan339/AnlightenDiff (``FS/`` and ``TS/`` separately), executed unmodified from a checkout or a bare git
-  mirror (:data:`OFFICIAL_ENV`, else :data:`DEFAULT_MIRROR`); the packages that only their training code needs
-  (``pytorch_lightning``, ``lion_pytorch``, ``torchmetrics``, ``utils.cond_utils``) are replaced by inert stubs
-  while they are imported, and nothing is left in ``sys.modules``. ``None`` when no copy is available.
+* :func:`load_official`: the real ``model.py`` / ``commons.py`` / ``cond.py`` (and the rest of ``FS/`` and ``TS/``)
+  of allanchan339/AnlightenDiff, executed unmodified from a checkout or a bare git mirror (:data:`OFFICIAL_ENV`,
+  else :data:`DEFAULT_MIRROR`) by :func:`lliejax.interop.crosscheck_anlightendiff.import_official` (the loader of
+  ``lliejax crosscheck anlightendiff``: ``pytorch_lightning`` and the uninstalled training packages stubbed, nothing
+  left in ``sys.modules``). ``None`` when no copy is available.
 * :class:`TorchAnlightenUNet`: an independent transcription written from REFERENCE.md §2.7-2.8 and the key list of
   STATE_DICT_KEYS.md §2a-2d (same key names and registration order, so ``state_dict()`` lists keys as the
   official modules do), with weight norm written out (``bias``, ``weight_g``, ``weight_v``; kernel
   ``v * g / ||v||``) rather than ``torch.nn.utils.weight_norm``.
 
 :func:`build` makes either, with one calling convention: denoiser ``net(x, t, cond, feats)``; encoder and refiner
-``net(x) -> (out, feats)``. NCHW, float32.
+``net(x) -> (out, feats)``. NCHW, float32. :func:`randomise_` is the library's
+(:func:`lliejax.interop.crosscheck_anlightendiff.randomise_`).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import subprocess
-import sys
-import types
-import warnings
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lliejax.interop import crosscheck_anlightendiff as ca
+
 OFFICIAL_ENV = "LLIEJAX_ANLIGHTENDIFF_OFFICIAL"
-DEFAULT_MIRROR = "/work/.mirror/allanchan339+AnlightenDiff/repo"
+DEFAULT_MIRROR = ca.DEFAULT_MIRROR
 KINDS = ("unet", "cond", "he")
 
 
@@ -172,66 +170,6 @@ class TorchAnlightenUNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ official code
-def _reader(root: str):
-  """``read(relative path) -> source text`` for a checkout (``FS/model.py`` under ``root``) or a bare git dir."""
-  if os.path.isfile(os.path.join(root, "FS", "model.py")):
-    return lambda rel: open(os.path.join(root, rel), encoding="utf-8").read()
-  if os.path.isfile(os.path.join(root, "HEAD")) and os.path.isdir(os.path.join(root, "objects")):
-    def read(rel):
-      return subprocess.run(["git", f"--git-dir={root}", "show", f"HEAD:{rel}"], check=True, capture_output=True,
-                            text=True).stdout
-    return read
-  return None
-
-
-class _Stub(types.ModuleType):
-  """An uninstalled package: every attribute is an inert class (usable as a base class or an imported name)."""
-
-  def __getattr__(self, attr):
-    if attr.startswith("__"):
-      raise AttributeError(attr)
-    return type(attr, (), {})
-
-
-_STUBS = ("pytorch_lightning", "lion_pytorch", "torchmetrics", "torchmetrics.image", "torchmetrics.image.lpip",
-          "torchmetrics.functional")
-
-
-@contextlib.contextmanager
-def _official_modules(read, folder: str):
-  """Execute ``folder``'s ``commons.py``, ``utils/module_util.py``, ``model.py`` and ``cond.py`` as modules; yield
-  ``(model, cond)``; restore ``sys.modules``."""
-  names = ("commons", "utils", "utils.module_util", "utils.cond_utils") + _STUBS
-  saved = {n: sys.modules.get(n) for n in names}
-
-  def module(name, rel=None, package=False):
-    m = _Stub(name) if rel is None else types.ModuleType(name)
-    if package:
-      m.__path__ = []
-    sys.modules[name] = m
-    if rel is not None:
-      m.__file__ = f"<official {folder}/{rel}>"
-      exec(compile(read(f"{folder}/{rel}"), m.__file__, "exec"), m.__dict__)  # pylint: disable=exec-used
-    return m
-
-  try:
-    for n in _STUBS:
-      module(n, package=True)
-    utils = module("utils", package=True)
-    utils.cond_utils = module("utils.cond_utils")
-    utils.module_util = module("utils.module_util", "utils/module_util.py")
-    module("commons", "commons.py")
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      yield module(f"_official_{folder}_model", "model.py"), module(f"_official_{folder}_cond", "cond.py")
-  finally:
-    for n in names + (f"_official_{folder}_model", f"_official_{folder}_cond"):
-      if saved.get(n) is not None:
-        sys.modules[n] = saved[n]
-      else:
-        sys.modules.pop(n, None)
-
-
 _OFFICIAL: dict = {}
 
 
@@ -239,34 +177,24 @@ def official_root() -> str | None:
   """The official copy (:data:`OFFICIAL_ENV`, else :data:`DEFAULT_MIRROR`) if its sources can be read, else None."""
   if "root" not in _OFFICIAL:
     root = os.environ.get(OFFICIAL_ENV) or DEFAULT_MIRROR
-    read = _reader(root)
-    try:
-      ok = read is not None and "class Unet" in read("FS/model.py")
-    except (OSError, subprocess.CalledProcessError):
-      ok = False
-    _OFFICIAL["root"] = root if ok else None
+    _OFFICIAL["root"] = root if ca.is_official(root) else None
   return _OFFICIAL["root"]
+
+
+def official_code():
+  """The executed official modules (:class:`lliejax.interop.crosscheck_anlightendiff.OfficialCode`), or None."""
+  if "code" not in _OFFICIAL:
+    root = official_root()
+    _OFFICIAL["code"] = ca.import_official(root) if root is not None else None
+  return _OFFICIAL["code"]
 
 
 def load_official():
   """``{'FS': (model, cond), 'TS': (model, cond)}`` of the official modules, or ``None`` without a copy."""
-  if "mods" not in _OFFICIAL:
-    root = official_root()
-    mods = None
-    if root is not None:
-      read = _reader(root)
-      mods = {}
-      for folder in ("FS", "TS"):
-        with _official_modules(read, folder) as (model, cond):
-          mods[folder] = (model, cond)
-    _OFFICIAL["mods"] = mods
-  return _OFFICIAL["mods"]
-
-
-def _official_config(unet_dim, unet_outdim, dim_mults, stronger_cond, on_res):
-  return types.SimpleNamespace(unet_dim=unet_dim, unet_outdim=unet_outdim, dim_mults=tuple(dim_mults),
-                               use_attn=False, use_wn=True, use_instance_norm=True, weight_init=True,
-                               stronger_cond=stronger_cond, cond_use_wn=True, cond_on_res=on_res, on_res=on_res)
+  code = official_code()
+  if code is None:
+    return None
+  return {f: (code.folder(f).model, code.folder(f).cond) for f in ca.FOLDERS}
 
 
 def build(kind: str, source: str, *, in_dim: int, unet_dim: int = 64, unet_outdim: int = 3,
@@ -274,38 +202,16 @@ def build(kind: str, source: str, *, in_dim: int, unet_dim: int = 64, unet_outdi
   """A network of ``kind`` (``unet``, ``cond``, ``he``) from ``source`` (``official`` or ``transcription``).
 
   Official folders: the denoiser from ``FS/model.py`` with ``stronger_cond`` else ``TS/model.py``; the encoder
-  from ``FS/cond.py`` with ``on_res`` (``cond_on_res``) else ``TS/cond.py``; the refiner from ``TS/cond.py``.
+  from ``FS/cond.py`` with ``on_res`` (``cond_on_res``) else ``TS/cond.py``; the refiner from ``TS/cond.py``
+  (:func:`lliejax.interop.crosscheck_anlightendiff.official_network`).
   """
   if source == "transcription":
     return TorchAnlightenUNet(kind, in_dim, unet_dim, unet_outdim, dim_mults, stronger_cond, on_res)
-  mods = load_official()
-  if mods is None:
+  code = official_code()
+  if code is None:
     raise FileNotFoundError(f"no official AnlightenDiff copy (set {OFFICIAL_ENV})")
-  cfg = _official_config(unet_dim, unet_outdim, dim_mults, stronger_cond, on_res)
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
-    if kind == "unet":
-      return mods["FS" if stronger_cond else "TS"][0].Unet(cfg, in_dim=in_dim)
-    if kind == "cond":
-      return mods["FS" if on_res else "TS"][1].Unet_cond(cfg, in_dim, True)
-    return mods["TS"][1].Unet_he(cfg, in_dim, True)
+  return ca.official_network(code, kind, in_dim=in_dim, unet_dim=unet_dim, unet_outdim=unet_outdim,
+                             dim_mults=dim_mults, stronger_cond=stronger_cond, on_res=on_res)
 
 
-def randomise_(module: nn.Module, seed: int = 0) -> nn.Module:
-  """Every parameter random (official layout), scaled so activations stay O(1): ``weight_g`` in [0.4, 1.0],
-  ``weight_v`` N(0, 1) (its scale cancels), biases N(0, 0.1^2), Linear / ConvTranspose weights N(0, 1/fan_in)."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in module.state_dict(keep_vars=True).items():
-      leaf = name.rsplit(".", 1)[-1]
-      if leaf == "weight_g":
-        v = 0.4 + 0.6 * torch.rand(p.shape, generator=g)
-      elif leaf == "weight_v":
-        v = torch.randn(p.shape, generator=g)
-      elif leaf == "bias":
-        v = 0.1 * torch.randn(p.shape, generator=g)
-      else:  # Linear (out, in) or ConvTranspose2d (in, out, k, k)
-        fan_in = p.shape[1] * (p[0, 0].numel() if p.ndim == 4 else 1)
-        v = torch.randn(p.shape, generator=g) / math.sqrt(fan_in)
-      p.copy_(v)
-  return module
+randomise_ = ca.randomise_

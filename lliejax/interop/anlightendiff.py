@@ -26,6 +26,15 @@ Two maps:
   must belong to a network, else :class:`~lliejax.interop.keymap.StateDictMismatchError` names all the leftover,
   missing and mis-shaped keys at once.
 
+:func:`lightning_checkpoint` writes the other direction as a whole Lightning ``.ckpt`` dict (``lliejax convert
+--to-torch EXPORT OUT.ckpt``): every network, the TS encoder copy and the 14 buffers, so that the official
+``LitDiffusion`` accepts it with ``load_state_dict(strict=True)``. The metric networks are **not** written: the
+official ``LitDiffusion`` creates ``self.lpips`` in ``on_train_start`` (and deletes it in ``on_train_end``) and
+``self.loss_fn_alex`` in ``on_validation_start`` / ``on_test_start``, so a freshly constructed module -- which is
+what every official loader fills (``LitDiffusion.load_from_checkpoint`` in ``train.py``, ``test.py``,
+``gradio_demo.py``; all with ``strict=False``) -- has neither, and a strict load would reject their keys. They are
+torchmetrics' pretrained LPIPS networks, not part of the method.
+
 Per-network key <-> param path (the rule of :mod:`lliejax.interop.keymap`) and layout:
 
 ==================================================  ===============================================  ===========
@@ -71,6 +80,9 @@ BUFFER_NAMES = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_c
                 "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                 "posterior_mean_coef1", "posterior_mean_coef2", "extra_term_coef1", "extra_term_coef2")
 BUFFER_PREFIX = "model."
+#: The PyTorch Lightning release :func:`lightning_checkpoint` records (the official code needs 1.x:
+#: ``Trainer.from_argparse_args``, ``validation_epoch_end``).
+LIGHTNING_VERSION = "1.9.5"
 #: Metric networks a Lightning checkpoint may hold (torchmetrics LPIPS-VGG / -Alex), not part of the method.
 IGNORED_PREFIXES = ("lpips.", "loss_fn_alex.")
 _DOWN_RE = re.compile(r"^downs\.(\d+)\.0\.block1\.block\.1\.weight_v$")
@@ -365,3 +377,54 @@ class AnlightenDiffKeyMap(KeyMap):
 
 
 KEYMAP = AnlightenDiffKeyMap()
+
+
+def export_networks(params: Mapping[str, Any], frozen: Mapping[str, Any] | None, arch) -> dict:
+  """The networks of a lliejax export for the Lightning layout of ``arch``: ``params`` and the networks kept in
+  ``frozen``, ``params`` first (TS stage exports hold the stage's network in ``params`` and the earlier stages'
+  in ``frozen``, :mod:`lliejax.methods.anlightendiff`; the loss's LPIPS parameters, also in ``frozen`` during
+  training, are never in an export's ``frozen`` and are ignored here).
+
+  Raises:
+    StateDictMismatchError: a network of the layout is in neither (e.g. the export of a TS stage before
+      ``diffusion``, which has no denoiser yet).
+  """
+  if isinstance(params.get("params"), Mapping) and len(params) == 1:
+    params = params["params"]
+  names = list(KEYMAP.net_archs(arch))
+  nets = {k: v for k, v in (frozen or {}).items() if k in names}
+  nets.update({k: v for k, v in params.items() if k in names})
+  missing = [n for n in names if n not in nets]
+  if missing:
+    held = ", ".join(sorted(set(params) | set(frozen or {}))) or "none"
+    raise StateDictMismatchError(missing=missing, network=KEYMAP.network, expected=KEYMAP.format_arch(arch),
+                                 hint=f"the export holds {held}; the official Lightning layout needs all of "
+                                      f"{', '.join(names)} (export the TS 'diffusion' stage, whose export keeps the "
+                                      "earlier stages' networks)")
+  return {n: nets[n] for n in names}
+
+
+def lightning_checkpoint(params: Mapping[str, Any], arch, *, timesteps: int, frozen: Mapping[str, Any] | None = None,
+                         source: str | None = None, lightning_version: str = LIGHTNING_VERSION,
+                         extra: Mapping | None = None) -> dict:
+  """A PyTorch Lightning checkpoint dict of the official ``LitDiffusion`` (``FS_final.ckpt`` /
+  ``twostep_final.ckpt`` layout) from lliejax params (and an export's ``frozen`` networks, :func:`export_networks`).
+
+  ``state_dict``: the 14 buffers ``model.<name>`` of ``EnlightDiffusion(timesteps)`` as the official ``__init__``
+  registers them (float64 arithmetic, float32 storage: :func:`lliejax.diffusion.anlightendiff.make_schedule`), then
+  every network key in the official order, the TS encoder copy last (numpy float32; :meth:`torch.save` callers
+  convert). No metric networks (module docstring). Beside it the keys Lightning 1.x writes and reads:
+  ``epoch`` 0, ``global_step`` 0, ``pytorch-lightning_version``, empty ``callbacks`` / ``optimizer_states`` /
+  ``lr_schedulers`` (a resumed ``trainer.fit(ckpt_path=...)`` then starts its optimiser afresh); no ``loops`` (whose
+  absence Lightning reads as a pre-1.6 checkpoint, counting from ``epoch`` / ``global_step``; an empty one would
+  not restore) and no ``hyper_parameters`` (the official loaders pass ``config`` themselves); ``extra`` is merged in
+  (provenance).
+  """
+  from lliejax.diffusion import anlightendiff as ad  # pylint: disable=import-outside-toplevel
+  arch = KEYMAP.arch(arch)
+  nets = export_networks(params, frozen, arch)
+  sd = KEYMAP.export_params(nets, arch, source=source, buffers=ad.make_schedule(int(timesteps)).buffers)
+  ckpt = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning_version, "state_dict": sd,
+          "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}
+  ckpt.update(extra or {})
+  return ckpt

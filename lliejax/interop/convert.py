@@ -5,15 +5,21 @@ the config's network (:data:`KEYMAPS`, by ``config.model.name``) and writes an e
 (:func:`lliejax.checkpoint.export`) that ``lliejax enhance`` / ``lliejax eval`` load. Without a config, the
 architecture is inferred from the keys and the other sections come from :data:`DEFAULT_CONFIG`.
 :func:`export_to_torch` writes an export back as an official ``state_dict`` (key names, order and shapes), which
-loads with ``load_state_dict(strict=True)`` in the official code.
+loads with ``load_state_dict(strict=True)`` in the official code. For AnlightenDiff the networks an export keeps in
+``frozen`` (the earlier TS stages') are written with its params, and an output ending in ``.ckpt`` is a whole
+Lightning checkpoint (:func:`lliejax.interop.anlightendiff.lightning_checkpoint`: the networks, the TS encoder copy
+and the schedule buffers) that the official ``LitDiffusion`` loads with ``strict=True``.
 """
 from __future__ import annotations
 
 import collections
 import os
-from typing import Callable
+import tempfile
+from typing import Any, Callable, Mapping
 
-from lliejax import checkpoint, config_utils, methods
+import numpy as np
+
+from lliejax import checkpoint, config_utils, fileutil, methods
 from lliejax.interop import anlightendiff, keymap, nafnet, reddit, torch_io
 
 #: ``config.model.name`` -> key map of that network.
@@ -75,16 +81,68 @@ def convert_checkpoint(src: str, dst: str, *, config_spec: str | None = None, ke
 
 
 def export_to_torch(export_dir: str, out_path: str, *, overwrite: bool = False) -> tuple[str, int]:
-  """A lliejax export directory -> official ``.pth``; returns ``(path, parameter count)``.
+  """A lliejax export directory -> official ``.pth`` (or, for AnlightenDiff, Lightning ``.ckpt``); returns
+  ``(path, parameter count)`` (the networks' parameters; neither the TS encoder copy nor the buffers counted).
+
+  ``.pth``: the networks' ``state_dict`` (official keys, order, shapes; float32). AnlightenDiff: the export's params
+  and the networks in its ``frozen`` together (a TS ``diffusion``-stage export gives the whole
+  ``twostep_final.ckpt`` layout), in the Lightning key layout; with a ``.ckpt`` path the checkpoint dict of
+  :func:`lliejax.interop.anlightendiff.lightning_checkpoint` (buffers for the export's ``diffusion.timesteps``).
 
   Raises:
-    ConversionError: ``export_dir`` is not an export, or its network has no key map.
+    ConversionError: ``export_dir`` is not an export, its network has no key map, ``.ckpt`` for a network other
+      than AnlightenDiff's, or an AnlightenDiff export without all networks of its layout.
   """
   if not checkpoint.is_export_dir(export_dir):
     raise keymap.ConversionError(f"{export_dir} is not a lliejax export directory (no {checkpoint.EXPORT_META})")
   exp = checkpoint.load_export(export_dir)
   config = exp.config if exp.config is not None else methods.get(exp.method).legacy_config(exp.info)
   kmap = keymap_for(config.model)
-  sd = kmap.export_params(exp.params, config.model, source=export_dir)
-  torch_io.save_state_dict(sd, out_path, overwrite=overwrite)
-  return out_path, sum(int(v.size) for v in sd.values())
+  lightning = out_path.endswith(".ckpt")
+  if kmap is not anlightendiff.KEYMAP:
+    if lightning:
+      raise keymap.ConversionError(f"{out_path}: a Lightning .ckpt is written for AnlightenDiff exports only (this "
+                                   f"export's network is {config.model.get('name')!r}); use a .pth path")
+    sd = kmap.export_params(exp.params, config.model, source=export_dir)
+    torch_io.save_state_dict(sd, out_path, overwrite=overwrite)
+    return out_path, sum(int(v.size) for v in sd.values())
+  arch = kmap.arch(config.model)
+  if lightning:
+    ckpt = anlightendiff.lightning_checkpoint(
+        exp.params, arch, timesteps=int(config.diffusion.timesteps), frozen=exp.frozen, source=export_dir,
+        extra={"lliejax": {"export": os.path.abspath(export_dir), "method": exp.method,
+                           "stage": config.get("objective", {}).get("stage")}})
+    _save_torch(ckpt, out_path, overwrite=overwrite)
+    sd = ckpt["state_dict"]
+  else:
+    sd = kmap.export_params(anlightendiff.export_networks(exp.params, exp.frozen, arch), arch, source=export_dir)
+    torch_io.save_state_dict(sd, out_path, overwrite=overwrite)
+  buffers = {anlightendiff.BUFFER_PREFIX + n for n in anlightendiff.BUFFER_NAMES}
+  return out_path, sum(int(v.size) for k, v in sd.items()
+                       if k not in buffers and not k.startswith(anlightendiff.TS_ENCODER_COPY))
+
+
+def _save_torch(obj: Mapping[str, Any], path: str, *, overwrite: bool = False) -> str:
+  """``torch.save`` of a checkpoint dict whose ``state_dict`` holds numpy arrays (made tensors), atomically (as
+  :func:`lliejax.interop.torch_io.save_state_dict`)."""
+  torch = torch_io.import_torch()
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{path} is a directory, expected a .ckpt file path")
+  obj = dict(obj)
+  obj["state_dict"] = collections.OrderedDict(
+      (k, v if type(v).__module__.startswith("torch") else torch.from_numpy(np.ascontiguousarray(v)))
+      for k, v in obj["state_dict"].items())
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".lliejax-", suffix=".ckpt.tmp", dir=os.path.dirname(path))
+  os.close(fd)
+  try:
+    fileutil.make_public(tmp)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path

@@ -161,11 +161,13 @@ def find_reddit_files(root: str) -> RedditFiles:
 
 
 def detect_method(root: str) -> str:
-  """``'reddit'`` or ``'entropy_sde'``: which official code base the checkout ``root`` holds.
+  """``'reddit'``, ``'entropy_sde'`` or ``'anlightendiff'``: which official code base the checkout ``root`` holds
+  (AnlightenDiff also as a bare git mirror, :func:`lliejax.interop.crosscheck_anlightendiff.is_official`).
 
   Raises:
-    FileNotFoundError: ``root`` is not a directory or holds neither. ValueError: it holds both.
+    FileNotFoundError: ``root`` is not a directory or holds none. ValueError: it holds more than one.
   """
+  from lliejax.interop import crosscheck_anlightendiff  # pylint: disable=import-outside-toplevel
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise FileNotFoundError(f"--official {root}: not a directory")
@@ -173,16 +175,18 @@ def detect_method(root: str) -> str:
   for _, files in _walk(root):
     reddit |= "diffusion.py" in files and "unet.py" in files
     sde |= "DenoisingNAFNet_arch.py" in files
-  if reddit and sde:
-    raise ValueError(f"{root} holds both the ReDDiT and the Entropy-SDE code: name the method "
-                     "(lliejax crosscheck reddit|entropy_sde --official DIR)")
-  if reddit:
-    return "reddit"
-  if sde:
-    return "entropy_sde"
+  found = [m for m, hit in (("reddit", reddit), ("entropy_sde", sde),
+                            ("anlightendiff", crosscheck_anlightendiff.is_official(root))) if hit]
+  if len(found) > 1:
+    raise ValueError(f"{root} holds the official code of {' and '.join(found)}: name the method "
+                     "(lliejax crosscheck reddit|entropy_sde|anlightendiff --official DIR)")
+  if found:
+    return found[0]
   raise FileNotFoundError(f"no official sources under {root}: expected a checkout of lgz-0713/ReDDiT "
-                          "(model/ddpm_modules/diffusion.py, unet.py), shermanlian/spatial-entropy-loss or "
-                          "Algolzw/image-restoration-sde (codes/config/<task>/models/modules/DenoisingNAFNet_arch.py)")
+                          "(model/ddpm_modules/diffusion.py, unet.py), shermanlian/spatial-entropy-loss, "
+                          "Algolzw/image-restoration-sde (codes/config/<task>/models/modules/DenoisingNAFNet_arch.py) "
+                          "or allanchan339/AnlightenDiff (FS/diffusion_fromscratch.py, TS/diffusion_twostep.py; a "
+                          "bare git mirror too)")
 
 
 def read_train_config(path: str | None) -> dict:
