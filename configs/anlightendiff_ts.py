@@ -4,8 +4,9 @@
 TS trains three networks in three stages (``objective.stage``, alias ``stage``), each one ``lliejax train`` run
 initialised from the previous stage's export (``objective.init_from``, alias ``init_from``):
 ``encoder`` (colour-map encoder, 1 - MS-SSIM) -> ``he`` (histogram refiner, LPIPS-VGG) -> ``diffusion`` (the
-denoiser, l2). :func:`lliejax.methods.anlightendiff.train_two_step` runs the chain, e.g.
-``train_two_step('anlightendiff_ts:demo,variant=fixed', '/tmp/ts')``. The default stage is ``diffusion`` (what a
+denoiser, l2). ``lliejax train --config anlightendiff_ts:demo,variant=fixed --workdir /tmp/ts --stages all``
+(:func:`lliejax.methods.anlightendiff.train_two_step`) runs the chain, each stage in ``/tmp/ts/<stage>``;
+``--stages diffusion`` continues from the exports already there. The default stage is ``diffusion`` (what a
 converted ``twostep_final.ckpt`` samples with: ``lliejax convert twostep_final.ckpt OUT --config
 anlightendiff_ts:lol``).
 

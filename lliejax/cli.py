@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--stop-at", type=int, default=None, help="stop (as if interrupted) after this step")
   t.add_argument("--force-config", action="store_true", help="resume even though the config differs from the "
                  "workdir's config.json (which is then replaced)")
+  t.add_argument("--stages", default=None, metavar="S,...", help="anlightendiff_ts: train these stages in order "
+                 "(encoder,he,diffusion or a suffix, 'all' = every stage), each in WORKDIR/<stage> initialised "
+                 "from the previous stage's export (lliejax.methods.anlightendiff.train_two_step); evaluates the "
+                 "last one")
   _eval_args(t)
 
   e = sub.add_parser("eval", help="enhance a dataset split and score it, or score saved results (--results)",
@@ -390,9 +394,37 @@ def _cmd_train(args) -> int:
     raise ValueError("training needs --workdir")
   config = _load_config(args)
   _apply_paths(config, args)
+  if args.stages:
+    return _train_stages(args, config)
   train(config, args.workdir, stop_at=args.stop_at, force_config=args.force_config)
   if args.mode == "train_eval" and not args.stop_at:
     _evaluate(args, config)
+  return 0
+
+
+def _train_stages(args, config) -> int:
+  """``lliejax train --stages``: AnlightenDiff TS's stage chain, then the evaluation of the last stage."""
+  from lliejax.methods import anlightendiff  # pylint: disable=import-outside-toplevel
+  if config.method != "anlightendiff_ts" or not args.config:
+    raise ValueError(f"--stages chains the stages of anlightendiff_ts (give --config anlightendiff_ts:...); the "
+                     f"config is one of method {config.method!r}")
+  names = [s.strip() for s in args.stages.split(",") if s.strip()]
+  stages = anlightendiff.TS_STAGES if names == ["all"] else tuple(names)
+  unknown = [s for s in stages if s not in anlightendiff.TS_STAGES]
+  if unknown:
+    raise ValueError(f"--stages: unknown stage(s) {', '.join(unknown)}; the stages are "
+                     f"{', '.join(anlightendiff.TS_STAGES)} (or 'all')")
+  configs = {}
+
+  def run(stage_config, stage_dir):
+    _apply_paths(stage_config, args)
+    configs[stage_dir] = stage_config
+    return train(stage_config, stage_dir, stop_at=args.stop_at, force_config=args.force_config)
+
+  exports = anlightendiff.train_two_step(args.config, args.workdir, stages=stages, train_fn=run)
+  if args.mode == "train_eval" and not args.stop_at:
+    last = os.path.dirname(exports[-1])
+    _evaluate(argparse.Namespace(**{**vars(args), "workdir": last}), configs[last])
   return 0
 
 

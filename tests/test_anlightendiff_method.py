@@ -7,6 +7,7 @@ and back.
 Networks are tiny (``unet_dim`` 8, two levels) and keys use the ``rbg`` PRNG (threefry initialisation compiles
 slowly on CPU).
 """
+import json
 import os
 import sys
 
@@ -310,6 +311,33 @@ def test_train_two_step_chains_the_exports(tmp_path):
   assert out == [str(tmp_path / s / "export") for s in ma.TS_STAGES]
   assert seen == [("encoder", "", "lion", 3, []), ("he", out[0], "adamw", 3, ["encoder", "lpips"]),
                   ("diffusion", out[1], "lion", 3, ["encoder", "he"])]
+
+
+@pytest.mark.slow
+def test_cli_trains_the_ts_stage_chain_on_the_demo_set(tmp_path, tfds_dir, capsys):
+  """``lliejax train --stages all``: the three TS stages through the generic loop on the real demo set (real
+  checkpoints and exports), each initialised from the previous export, then the last stage evaluated."""
+  work = tmp_path / "ts"
+  args = ["train", "--config", "anlightendiff_ts:tiny,steps=2", "--workdir", str(work), "--stages", "all",
+          "--data-dir", tfds_dir, "--max-images", "1"]
+  assert cli.main(args) == 0
+  exports = {s: checkpoint.load_export(str(work / s / "export")) for s in ma.TS_STAGES}
+  assert {s: sorted(e.params) for s, e in exports.items()} == {"encoder": ["encoder"], "he": ["he"],
+                                                                  "diffusion": ["unet"]}
+  assert sorted(exports["diffusion"].frozen) == ["encoder", "he"]
+  # the diffusion stage froze exactly the he stage's refiner and the encoder stage's encoder
+  assert leaves_equal(exports["diffusion"].frozen["he"], exports["he"].params["he"])
+  assert leaves_equal(exports["diffusion"].frozen["encoder"], exports["encoder"].params["encoder"])
+  with open(work / "diffusion" / "eval_test" / "metrics.json") as f:
+    m = json.load(f)["mean"]
+  assert m["psnr"] > 0 and np.isfinite(m["lpips"])
+  assert "protocol anlightendiff_ts" in capsys.readouterr().out
+  for spec, stages, message in (("anlightendiff_ts:tiny", "encoder,refiner", "unknown stage(s) refiner"),
+                                ("anlightendiff_ts:tiny", "he,encoder", "consecutive stages"),
+                                ("anlightendiff_fs:tiny", "all", "--stages chains the stages of anlightendiff_ts")):
+    assert cli.main(["train", "--config", spec, "--workdir", str(tmp_path / "x"), "--stages", stages]) == 2
+    assert message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "x")
 
 
 # ------------------------------------------------------------------------------------------------ loss composition
