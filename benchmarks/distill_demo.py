@@ -73,7 +73,8 @@ def main(argv=None) -> int:
 
   protocol = dataclasses.replace(metrics.conventions.get("standard"), metrics=("psnr", "ssim", "lpips"))
   key = jax.random.key(args.seed)
-  full = int(tconfig.sampling.steps)
+  # the teacher's own step count: its DDIM steps (ReDDiT), or all T steps of the SDE samplers (Entropy-SDE)
+  full = int(tconfig.sampling.steps if "sampling" in tconfig else tconfig.sde.T)
   score = lambda src, steps, label: quality.score_steps(src, steps, tconfig.data, label=label, key=key,
                                                         convention=protocol, max_images=args.max_images,
                                                         keep_images=True)
