@@ -22,7 +22,8 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``lol,
                        photos: T = 20, the smooth-L1 noise loss, batch 8, 64x64 crops, Lion 4e-4, 1,500 steps.
                        Not an official configuration. Measured on the shared 2-core machine (load 3-4):
                        ``lliejax train --config anlightendiff_fs:demo --workdir DIR`` took 10m47s and scored PSNR
-                       20.26 dB / SSIM 0.637 / LPIPS 0.378 on the three test photos (input 9.29 dB / 0.147).
+                       20.26 dB / SSIM 0.637 / LPIPS 0.378 on the three test photos (input 9.29 dB / 0.147);
+                       ``demo,variant=fixed`` 16.12 / 0.574 / 0.376 (one seed each).
                        With the paper's objective (``demo,loss=dfpl,timesteps=100,steps=600``, the same wall time:
                        DFPL's LPIPS-VGG makes a step 2.3x slower) the samples were still noisy: 8.13 dB.
 ``tiny``               very small networks (``unet_dim`` 8, two levels), T = 8, for tests.
