@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import collections
 import os
-import tempfile
-from typing import Any, Callable, Mapping
+from typing import Callable
 
-import numpy as np
-
-from lliejax import checkpoint, config_utils, fileutil, methods
+from lliejax import checkpoint, config_utils, methods
 from lliejax.interop import anlightendiff, keymap, nafnet, reddit, torch_io
 
 #: ``config.model.name`` -> key map of that network.
@@ -112,7 +109,7 @@ def export_to_torch(export_dir: str, out_path: str, *, overwrite: bool = False) 
         exp.params, arch, timesteps=int(config.diffusion.timesteps), frozen=exp.frozen, source=export_dir,
         extra={"lliejax": {"export": os.path.abspath(export_dir), "method": exp.method,
                            "stage": config.get("objective", {}).get("stage")}})
-    _save_torch(ckpt, out_path, overwrite=overwrite)
+    torch_io.save_torch(ckpt, out_path, overwrite=overwrite, state_dict_key="state_dict", kind=".ckpt")
     sd = ckpt["state_dict"]
   else:
     sd = kmap.export_params(anlightendiff.export_networks(exp.params, exp.frozen, arch), arch, source=export_dir)
@@ -122,27 +119,3 @@ def export_to_torch(export_dir: str, out_path: str, *, overwrite: bool = False) 
                        if k not in buffers and not k.startswith(anlightendiff.TS_ENCODER_COPY))
 
 
-def _save_torch(obj: Mapping[str, Any], path: str, *, overwrite: bool = False) -> str:
-  """``torch.save`` of a checkpoint dict whose ``state_dict`` holds numpy arrays (made tensors), atomically (as
-  :func:`lliejax.interop.torch_io.save_state_dict`)."""
-  torch = torch_io.import_torch()
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
-  if os.path.isdir(path):
-    raise IsADirectoryError(f"{path} is a directory, expected a .ckpt file path")
-  obj = dict(obj)
-  obj["state_dict"] = collections.OrderedDict(
-      (k, v if type(v).__module__.startswith("torch") else torch.from_numpy(np.ascontiguousarray(v)))
-      for k, v in obj["state_dict"].items())
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".lliejax-", suffix=".ckpt.tmp", dir=os.path.dirname(path))
-  os.close(fd)
-  try:
-    fileutil.make_public(tmp)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path

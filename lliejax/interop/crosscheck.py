@@ -364,6 +364,27 @@ def _setup_jax():
   return jax
 
 
+def highest_precision(fn: Callable) -> Callable:
+  """``fn`` run under ``jax.default_matmul_precision('highest')`` (float32 matmuls and convolutions, as torch's)."""
+  jax = _setup_jax()
+
+  def run(*args):
+    with jax.default_matmul_precision("highest"):
+      return fn(*args)
+  return run
+
+
+def to_nhwc(a) -> np.ndarray:
+  """An NCHW array or torch tensor -> a contiguous NHWC numpy array."""
+  a = a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
+  return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def to_nchw(a) -> np.ndarray:
+  """An NHWC array -> a contiguous NCHW numpy array."""
+  return np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2))
+
+
 # ------------------------------------------------------------------------------------------------ NAFNet
 def randomise_norm_params(module, seed: int, scale: float = 0.3) -> None:
   """``beta``/``gamma`` ~ N(0, scale^2) and LayerNorm ``g`` ~ 1 + N(0, 0.2^2) (official init: 0 and 1)."""

@@ -503,22 +503,9 @@ def _jax():
   return jax
 
 
-def _highest(fn):
-  jax = _jax()
-
-  def run(*args):
-    with jax.default_matmul_precision("highest"):
-      return fn(*args)
-  return run
-
-
-def _nhwc(a):
-  a = a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
-  return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-
-
-def _nchw(a):
-  return np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2))
+_highest = crosscheck.highest_precision
+_nhwc = crosscheck.to_nhwc
+_nchw = crosscheck.to_nchw
 
 
 def _t(a):

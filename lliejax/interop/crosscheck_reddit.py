@@ -348,13 +348,7 @@ def _jax():
   return jax
 
 
-def _highest(fn):
-  jax = _jax()
-
-  def run(*args):
-    with jax.default_matmul_precision("highest"):
-      return fn(*args)
-  return run
+_highest = crosscheck.highest_precision
 
 
 def official_unet(official, arch: dict, seed: int):
@@ -408,12 +402,8 @@ def _eps_fn(model, params):
   return lambda x, y, g: model.apply({"params": params}, jnp.concatenate([y, x], axis=-1), g)
 
 
-def _nhwc(a):
-  return np.ascontiguousarray(np.asarray(a).transpose(0, 2, 3, 1))
-
-
-def _nchw(a):
-  return np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2))
+_nhwc = crosscheck.to_nhwc
+_nchw = crosscheck.to_nchw
 
 
 def _images(rng, b: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

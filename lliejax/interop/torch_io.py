@@ -238,8 +238,16 @@ def load_checkpoint_state_dict(path: str, *, key_prefix: str | None = None) -> d
   return load_state_dict(path, key_prefix=key_prefix)
 
 
-def save_state_dict(state_dict: Mapping[str, Any], path: str, *, overwrite: bool = False) -> str:
-  """``torch.save`` a ``{key: array or tensor}`` dict (numpy values become tensors), atomically.
+def _tensors(torch, state_dict: Mapping[str, Any]) -> collections.OrderedDict:
+  return collections.OrderedDict(
+      (k, v if type(v).__module__.startswith("torch") else torch.from_numpy(np.ascontiguousarray(v)))
+      for k, v in state_dict.items())
+
+
+def save_torch(obj: Mapping[str, Any], path: str, *, overwrite: bool = False, state_dict_key: str | None = None,
+               kind: str = ".pth") -> str:
+  """``torch.save(obj)`` atomically (a temporary file renamed into place; the umask's permissions); numpy values of
+  ``obj`` (or of ``obj[state_dict_key]``) become tensors.
 
   Raises:
     FileExistsError: ``path`` exists and ``overwrite`` is false. IsADirectoryError: ``path`` is a folder.
@@ -249,18 +257,29 @@ def save_state_dict(state_dict: Mapping[str, Any], path: str, *, overwrite: bool
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
   if os.path.isdir(path):
-    raise IsADirectoryError(f"{path} is a directory, expected a .pth file path")
-  sd = collections.OrderedDict(
-      (k, v if type(v).__module__.startswith("torch") else torch.from_numpy(np.ascontiguousarray(v)))
-      for k, v in state_dict.items())
+    raise IsADirectoryError(f"{path} is a directory, expected a {kind} file path")
+  if state_dict_key is None:
+    obj = _tensors(torch, obj)
+  else:
+    obj = dict(obj)
+    obj[state_dict_key] = _tensors(torch, obj[state_dict_key])
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".lliejax-", suffix=".pth.tmp", dir=os.path.dirname(path))
+  fd, tmp = tempfile.mkstemp(prefix=".lliejax-", suffix=f"{kind}.tmp", dir=os.path.dirname(path))
   os.close(fd)
   try:
     fileutil.make_public(tmp)  # mkstemp makes 0600; the result follows the umask
-    torch.save(sd, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
   return path
+
+
+def save_state_dict(state_dict: Mapping[str, Any], path: str, *, overwrite: bool = False) -> str:
+  """``torch.save`` a ``{key: array or tensor}`` dict (numpy values become tensors), atomically (:func:`save_torch`).
+
+  Raises:
+    FileExistsError: ``path`` exists and ``overwrite`` is false. IsADirectoryError: ``path`` is a folder.
+  """
+  return save_torch(state_dict, path, overwrite=overwrite)
