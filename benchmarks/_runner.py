@@ -43,3 +43,18 @@ def run_cases(script: str, names: list[str], args: list[str], env: dict | None =
       continue
     rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
   return rows
+
+
+def peak_rss_bytes() -> int:
+  """This process's peak resident set size (``ru_maxrss``), whatever the device: the column of a PyTorch child."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def compile_timed(jitted: Any, *args) -> tuple[Any, float]:
+  """Ahead-of-time ``jitted.lower(*args).compile()``: ``(compiled, wall seconds of lowering + compilation)``.
+
+  The timed runs then call ``compiled`` (same arguments' shapes and shardings), so no run pays for tracing.
+  """
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0

@@ -184,6 +184,59 @@ def show_trajectory(states: Any, *, num: int = 6, lq: Any = None, size: float = 
   return show_images(images, titles=titles, size=size)
 
 
+#: The four RGB images of AnlightenDiff's 12-channel hand-crafted condition, in channel order
+#: (:func:`lliejax.data.condition.hand_crafted_condition`).
+CONDITION_PARTS = ("LQ", "HE(LQ)", "colour map", "gradient map")
+
+
+def show_anchor(condition: Any, phi: Any, *, gt: Any = None, size: float = 2.6):
+  """AnlightenDiff's anchor and what it is computed from, in one row: the four RGB images of the 12-channel
+  hand-crafted condition (:data:`CONDITION_PARTS`; the gradient map divided by its maximum, it is faint otherwise),
+  the anchor phi (FS: the encoder output, ``conv + HE(LQ)``; TS: ``(1 - zeta) img_c + zeta``; clipped for display),
+  then ``gt`` when given.
+
+  ``condition``: ``(H, W, 12)`` or ``(1, H, W, 12)``; ``phi``: ``(H, W, 3)`` or ``(1, H, W, 3)``.
+
+  Raises:
+    ValueError: ``condition`` does not have 12 channels.
+  """
+  cond = np.asarray(condition, np.float32)
+  if cond.ndim == 4 and cond.shape[0] == 1:
+    cond = cond[0]
+  if cond.ndim != 3 or cond.shape[-1] != 3 * len(CONDITION_PARTS):
+    raise ValueError(f"expected an (H, W, 12) condition, got shape {np.shape(condition)}")
+  parts = [cond[..., 3 * k:3 * k + 3] for k in range(len(CONDITION_PARTS))]
+  parts[-1] = parts[-1] / max(float(parts[-1].max()), 1e-8)
+  titles = list(CONDITION_PARTS[:-1]) + [CONDITION_PARTS[-1] + " / max", "anchor phi"]
+  images = parts + [phi]
+  if gt is not None:
+    images.append(gt)
+    titles.append("GT")
+  return show_images(images, titles=titles, size=size)
+
+
+def show_x0_trajectory(trajectory: Mapping[str, Any], *, phi: Any = None, output: Any = None, size: float = 2.6):
+  """The sampler's estimate of the clean image at a few steps, ``x0_hat`` at each kept ``t`` (decreasing), after the
+  anchor ``phi`` (where DRDS starts) and before the final ``output`` when given.
+
+  ``trajectory``: ``{'t': (K,), 'x0': (K, H, W, C) or (K, 1, H, W, C), ...}`` in sampling order, as returned by
+  :meth:`lliejax.methods.anlightendiff.AnlightenDiffFS.sample_trajectory` (``x0`` already mapped to images).
+
+  Raises:
+    ValueError: ``t`` and ``x0`` disagree in length, or the trajectory is empty.
+  """
+  ts = np.asarray(trajectory["t"]).reshape(-1)
+  x0 = np.asarray(trajectory["x0"], np.float32)
+  if len(ts) == 0 or len(ts) != x0.shape[0]:
+    raise ValueError(f"a trajectory of {len(ts)} steps with {x0.shape[0]} images")
+  images = ([phi] if phi is not None else []) + [x0[k] for k in range(len(ts))]
+  titles = (["anchor phi"] if phi is not None else []) + [f"x0_hat, t={int(t)}" for t in ts]
+  if output is not None:
+    images.append(output)
+    titles.append("output")
+  return show_images(images, titles=titles, size=size)
+
+
 def read_scalars(workdir: str, tags: Sequence[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """The scalars a training run logged to TensorBoard in ``workdir``: ``{tag: (steps, values)}``, by step.
 

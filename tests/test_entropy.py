@@ -432,3 +432,112 @@ def test_sharded_batch_stays_data_parallel():
     ref_val, ref_grad = f(pred, target)
     _assert_rel(val, ref_val, 1e-6)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=1e-5, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Banded evaluation: bin tiles with negligible kernel products are skipped (entropy._active_tiles).
+
+
+def _edge_pair(shape, seed):
+  """Prediction with exact 0s, 1s and values outside [0, 1]; a nearby target (also with 0s and 1s)."""
+  rng = np.random.default_rng(seed)
+  pred = rng.uniform(-0.1, 1.1, shape).astype(np.float32)
+  flat = pred.reshape(-1)
+  flat[::7] = 0.0
+  flat[3::11] = 1.0
+  target = np.clip(pred + rng.normal(0, 0.05, shape), 0, 1).astype(np.float32)
+  target.reshape(-1)[5::13] = 0.0
+  return jnp.asarray(pred), jnp.asarray(target)
+
+
+def _small_blocks(monkeypatch, values=256):
+  """Blocks of 2 neighbour bins for small test images (so that whole tiles can be skipped)."""
+  monkeypatch.setattr(E, "_BLOCK_VALUES", values)
+
+
+def _skipped_fraction(pred, target, weights, *, bins, kernel="sigmoid"):
+  fields = tuple(E._prepare(a, weights, bins=bins, norm="official", clamp=True) for a in (pred, target))
+  b, h, w, _ = pred.shape
+  kde = E._kde_options(bins, 0.5, kernel, (1, 3, 5), None)
+  return 1.0 - float(jnp.mean(E._active_tiles(fields, kde, E._j_blocks(bins, b * h * w))))
+
+
+@pytest.mark.parametrize("kind,kernel,weights", [
+    ("kl", "sigmoid", None), ("hellinger", "sigmoid", None), ("kl", "gaussian", W_ASYM),
+    ("hellinger_smooth", "gaussian", None), ("cross", "sigmoid", None)])
+def test_banded_matches_dense(monkeypatch, kind, kernel, weights):
+  """Skipping tiles changes values and gradients by less than 1e-5 (relative; gradients relative to their largest
+  entry) against the dense reference, with inputs at exactly 0 and 1 and outside [0, 1]."""
+  _small_blocks(monkeypatch)
+  bins = 24
+  pred, target = _edge_pair((2, 10, 9, 3), seed=7)
+  assert _skipped_fraction(pred, target, weights, bins=bins, kernel=kernel) > 0.2  # the test exercises skipping
+  eps = 1e-10 if kind == "cross" else None
+  lw = "mean" if weights is None else weights
+  f = jax.jit(jax.value_and_grad(lambda p, t: E.spatial_entropy_loss(
+      p, t, kind=kind, bins=bins, kernel=kernel, weights=lw, eps=eps), argnums=(0, 1)))
+  ref = jax.jit(jax.value_and_grad(lambda p, t: dense_loss(
+      p, t, weights, kind=kind, bins=bins, kernel=kernel, eps=eps, safe=True), argnums=(0, 1)))
+  val, (gp, gt) = f(pred, target)
+  ref_val, (ref_gp, ref_gt) = ref(pred, target)
+  _assert_rel(val, ref_val, 1e-5)
+  _assert_grad_close(gp, ref_gp, rtol=1e-5)
+  _assert_grad_close(gt, ref_gt, rtol=1e-5)
+  # ... and against the same engine with every tile evaluated.
+  monkeypatch.setattr(E, "_SKIP_LOG2", float("inf"))
+  full_val, (full_gp, full_gt) = jax.jit(jax.value_and_grad(lambda p, t: E.spatial_entropy_loss(
+      p, t, kind=kind, bins=bins, kernel=kernel, weights=lw, eps=eps), argnums=(0, 1)))(pred, target)
+  _assert_rel(val, full_val, 1e-6)
+  _assert_grad_close(gp, full_gp, rtol=1e-6)
+  _assert_grad_close(gt, full_gt, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "gaussian"])
+def test_skipped_tiles_have_negligible_products(monkeypatch, kernel):
+  """Every kernel product u_i(p) v_j(p) in a skipped tile is below 2^-24 of kappa(0)^2 (the bound the skip uses)."""
+  _small_blocks(monkeypatch)
+  bins = 32
+  pred, target = _edge_pair((2, 8, 8, 3), seed=3)
+  fields = tuple(E._prepare(a, W_ASYM, bins=bins, norm="official", clamp=True) for a in (pred, target))
+  kde = E._kde_options(bins, 0.5, kernel, (1, 3, 5), 2)
+  blocks = E._j_blocks(bins, 2 * 8 * 8)
+  active = np.asarray(E._active_tiles(fields, kde, blocks))  # (C, chunks, blocks)
+  assert not active.all() and active.any()
+  kmax = 0.25 if kernel == "sigmoid" else 1 / np.sqrt(2 * np.pi)
+  worst = 0.0
+  for x, xn in fields:
+    u, _ = E._kernel_and_derivative(x.reshape(-1, *x.shape[2:]), kde)  # (B*C, L, H, W)
+    v, _ = E._kernel_and_derivative(xn.reshape(-1, *xn.shape[2:]), kde)
+    u = np.asarray(u, np.float64).reshape(2, 3, bins, -1)
+    v = np.asarray(v, np.float64).reshape(2, 3, bins, -1)
+    prod = np.einsum("bcip,bcjp->cijbp", u, v).max(axis=(3, 4))  # (C, L, L): largest product over the batch
+    for c in range(3):
+      for ci in range(active.shape[1]):
+        for bi, (j0, j1) in enumerate(blocks):
+          if not active[c, ci, bi]:
+            worst = max(worst, prod[c, 2 * ci:2 * ci + 2, j0:j1].max())
+  assert worst < 2.0**-24 * kmax**2
+
+
+def test_banded_keeps_nan_and_official_cross_nan(monkeypatch):
+  """A NaN input keeps the loss NaN (no tile is skipped), and the official cross-entropy without epsilon still
+  evaluates every bin (its 0 * ln 0 NaN), whatever could be skipped."""
+  _small_blocks(monkeypatch)
+  pred, target = _edge_pair((1, 8, 8, 3), seed=5)
+  bad = pred.at[0, 3, 4, 1].set(jnp.nan)
+  assert math.isnan(float(E.spatial_entropy_loss(bad, target, kind="kl", bins=32, weights="mean", clamp=False)))
+  x = jnp.zeros((1, 8, 8, 3))
+  y = jnp.full((1, 8, 8, 3), 0.01)
+  assert math.isnan(float(E.spatial_entropy_loss(x, y, kind="cross", bins=32)))
+  assert math.isfinite(float(E.spatial_entropy_loss(x, y, kind="cross", bins=32, eps=1e-10)))
+
+
+def test_block_sizes():
+  """Neighbour-bin blocks cover 0..L-1 in order; about _BLOCK_VALUES values per block array, at least 2 bins."""
+  for bins, pixels in ((32, 2 * 128 * 128), (32, 8 * 128 * 128), (32, 64 * 64), (6, 84), (5, 10**7), (33, 1000)):
+    blocks = E._j_blocks(bins, pixels)
+    assert blocks[0][0] == 0 and blocks[-1][1] == bins
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    size = blocks[0][1] - blocks[0][0]
+    assert size == bins or (size >= 2 and size * pixels <= max(E._BLOCK_VALUES, 2 * pixels))
+  assert E._j_blocks(32, 2 * 128 * 128)[0] == (0, 8)

@@ -18,7 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "colab", "*.ipynb")))
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 # Figures (image/png outputs) each notebook must produce: the plots it exists to show.
-EXPECTED_FIGURES = {"quickstart": 2, "entropy_sde": 6, "crosscheck": 2 if HAVE_TORCH else 0, "reddit": 3}
+EXPECTED_FIGURES = {"quickstart": 2, "entropy_sde": 6, "crosscheck": 2 if HAVE_TORCH else 0, "reddit": 3,
+                    "anlightendiff": 4}
 TIMEOUT_S = 900  # per cell; the whole set takes about 3-4 minutes on 2 CPU cores
 
 

@@ -137,6 +137,28 @@ def test_pick_states_and_trajectory(tmp_path):
   _png(fig, tmp_path)
 
 
+def test_show_anchor_and_x0_trajectory(tmp_path):
+  rng = np.random.default_rng(0)
+  cond = rng.uniform(size=(1, 6, 8, 12)).astype(np.float32)
+  cond[..., 9:] *= 0.01  # a faint gradient map is shown divided by its maximum
+  fig = viz.show_anchor(cond, cond[0, ..., 3:6] + 0.5, gt=np.ones((6, 8, 3)))
+  shown = _image_axes(fig)
+  assert [ax.get_title() for ax in shown] == ["LQ", "HE(LQ)", "colour map", "gradient map / max", "anchor phi", "GT"]
+  np.testing.assert_allclose(shown[3].images[0].get_array().max(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(shown[0].images[0].get_array(), cond[0, ..., :3], rtol=1e-6)
+  _png(fig, tmp_path)
+  with pytest.raises(ValueError, match="12"):
+    viz.show_anchor(cond[..., :9], cond[0, ..., :3])
+  traj = {"t": np.array([7, 3, 0]), "x0": rng.uniform(size=(3, 1, 6, 8, 3))}
+  fig = viz.show_x0_trajectory(traj, phi=np.zeros((6, 8, 3)), output=np.ones((1, 6, 8, 3)))
+  assert [ax.get_title() for ax in _image_axes(fig)] == ["anchor phi", "x0_hat, t=7", "x0_hat, t=3", "x0_hat, t=0",
+                                                         "output"]
+  _png(fig, tmp_path, "traj.png")
+  assert len(_image_axes(viz.show_x0_trajectory(traj))) == 3
+  with pytest.raises(ValueError, match="trajectory"):
+    viz.show_x0_trajectory({"t": np.array([1]), "x0": traj["x0"]})
+
+
 # ------------------------------------------------------------------------------------------------ curves
 def test_read_scalars_and_plot_curves(tmp_path):
   from clu import metric_writers
