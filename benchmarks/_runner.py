@@ -45,6 +45,19 @@ def run_cases(script: str, names: list[str], args: list[str], env: dict | None =
   return rows
 
 
+def run_each(script: str, names: list[str], args: list[str], describe: Callable[[dict], str]) -> list[dict]:
+  """:func:`run_cases` one case at a time (the official PyTorch children without lliejax's malloc tuning), with a
+  progress line ``NAME: describe(row)`` on stderr after each."""
+  rows = []
+  for name in names:
+    env = {"LLIEJAX_TUNE_MALLOC": "0"} if name.startswith("official") else None
+    got = run_cases(script, [name], args, env=env)
+    rows += got
+    if got:
+      print(f"  {name}: {describe(got[0])}", file=sys.stderr, flush=True)
+  return rows
+
+
 def peak_rss_bytes() -> int:
   """This process's peak resident set size (``ru_maxrss``), whatever the device: the column of a PyTorch child."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

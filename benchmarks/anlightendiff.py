@@ -56,7 +56,7 @@ import statistics
 import sys
 import types
 
-from _runner import compile_timed, peak_memory_bytes, peak_rss_bytes, run_cases, timed
+from _runner import compile_timed, peak_memory_bytes, peak_rss_bytes, run_each, timed
 
 T_RELEASED = 100  # timesteps of the released FS model
 FULL = {"size": (400, 600), "batch": 4, "patch": 160, "sampler_steps": T_RELEASED}
@@ -428,15 +428,8 @@ def main() -> None:
   common += ["--sampler-steps", str(args.sampler_steps)] if args.sampler_steps else []
   common += ["--official", args.official] if args.official else []
   common += ["--cpus", args.cpus] if args.cpus else []
-  rows = []
-  for name in names:
-    env = {"LLIEJAX_TUNE_MALLOC": "0"} if name.startswith("official") else None
-    got = run_cases(__file__, [name], common, env=env)
-    rows += got
-    if got:
-      r = got[0]
-      print(f"  {name}: first {r['first_s']:.1f} s, median {r['median_s']:.3f} s, peak {r['peak_gib']:.2f} GiB",
-            file=sys.stderr, flush=True)
+  rows = run_each(__file__, names, common, lambda r: f"first {r['first_s']:.1f} s, median {r['median_s']:.3f} s, "
+                                                    f"peak {r['peak_gib']:.2f} GiB")
   print(format_rows(rows, quick=args.quick))
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:

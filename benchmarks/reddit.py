@@ -33,10 +33,9 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 
-from _runner import peak_memory_bytes, run_cases, timed
+from _runner import peak_memory_bytes, run_each, timed
 
 STEPS = (2, 4, 8)
 N_LEVELS = 512  # N - 1 of every released grid: (n, 512 / n)
@@ -256,14 +255,7 @@ def main() -> None:
     names += [f"{impl}-distill" for impl in impls]
   common = ["--iters", str(args.iters), "--w-lpips", str(w_lpips)] + (["--quick"] if args.quick else [])
   common += ["--official", args.official] if args.official else []
-  rows = []
-  for name in names:
-    env = {"LLIEJAX_TUNE_MALLOC": "0"} if name.startswith("official") else None
-    got = run_cases(__file__, [name], common, env=env)
-    rows += got
-    if got:
-      r = got[0]
-      print(f"  {name}: first {r['first_s']:.1f} s, median {r['median_s']:.2f} s", file=sys.stderr, flush=True)
+  rows = run_each(__file__, names, common, lambda r: f"first {r['first_s']:.1f} s, median {r['median_s']:.2f} s")
   print(format_rows(rows, w_lpips=w_lpips, lp_note=lp_note, quick=args.quick))
   if args.json:
     with open(args.json, "w") as f:

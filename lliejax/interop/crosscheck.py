@@ -364,6 +364,20 @@ def _setup_jax():
   return jax
 
 
+def requested_checks(only: Iterable[str], checks: Sequence[str]) -> set[str]:
+  """``set(only)`` after checking that every name is one of ``checks`` and that PyTorch is installed.
+
+  Raises:
+    ValueError: unknown check names. ImportError: no PyTorch.
+  """
+  only = set(only)
+  if not only <= set(checks):
+    raise ValueError(f"unknown checks {sorted(only - set(checks))}: choose from {', '.join(checks)}")
+  if not _installed("torch"):
+    raise ImportError("PyTorch is required: pip install 'lliejax[torch]'")
+  return only
+
+
 def highest_precision(fn: Callable) -> Callable:
   """``fn`` run under ``jax.default_matmul_precision('highest')`` (float32 matmuls and convolutions, as torch's)."""
   jax = _setup_jax()
@@ -802,11 +816,7 @@ def run_checks(official_dir: str, *, task: str | None = None, only=CHECKS, full:
   """
   from lliejax import config_utils  # pylint: disable=import-outside-toplevel
 
-  only = set(only)
-  if not only <= set(CHECKS):
-    raise ValueError(f"unknown checks {sorted(only - set(CHECKS))}: choose from {', '.join(CHECKS)}")
-  if not _installed("torch"):
-    raise ImportError("PyTorch is required: pip install 'lliejax[torch]'")
+  only = requested_checks(only, CHECKS)
   files = find_official_files(official_dir, task)
   official = import_official(files)
   setup_torch(threads)

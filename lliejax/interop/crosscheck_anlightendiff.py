@@ -1058,11 +1058,7 @@ def run_checks(official_dir: str, *, only=CHECKS, full: bool = False, sizes=DEFA
     ValueError: unknown check names. ImportError: torch or an official module cannot be imported.
     FileNotFoundError: no official sources in ``official_dir``.
   """
-  only = set(only)
-  if not only <= set(CHECKS):
-    raise ValueError(f"unknown checks {sorted(only - set(CHECKS))}: choose from {', '.join(CHECKS)}")
-  if not crosscheck._installed("torch"):  # pylint: disable=protected-access
-    raise ImportError("PyTorch is required: pip install 'lliejax[torch]'")
+  only = crosscheck.requested_checks(only, CHECKS)
   crosscheck.setup_torch(threads)
   with warnings.catch_warnings():
     # torchmetrics' deprecation notice for `from torchmetrics.functional import image_gradients` (cond_utils.py)

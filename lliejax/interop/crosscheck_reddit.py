@@ -712,11 +712,7 @@ def run_checks(official_dir: str, *, only=CHECKS, full: bool = False, sizes=DEFA
     ValueError: unknown check names. ImportError: torch or an official module cannot be imported.
     FileNotFoundError: no official sources in ``official_dir``.
   """
-  only = set(only)
-  if not only <= set(CHECKS):
-    raise ValueError(f"unknown checks {sorted(only - set(CHECKS))}: choose from {', '.join(CHECKS)}")
-  if not crosscheck._installed("torch"):  # pylint: disable=protected-access
-    raise ImportError("PyTorch is required: pip install 'lliejax[torch]'")
+  only = crosscheck.requested_checks(only, CHECKS)
   files = find_reddit_files(official_dir)
   crosscheck.setup_torch(threads)
   official = import_official_reddit(files)
