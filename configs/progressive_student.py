@@ -38,7 +38,10 @@ Keys of the method (the rest is the generic training config):
   ``progressive_student`` teacher steps with ``ddim``, as it samples);
 * ``distill.teacher``, ``distill.init_from_teacher``: as ``consistency_student``;
 * ``distill.weighting``: ``truncated_snr`` (``max(x0 MSE, eps MSE)``, Salimans & Ho §4) | ``x0`` | ``eps``;
-  ``distill.k``: force the student's step index (tests);
+  ``distill.k``: force the student's step index (tests); ``distill.w_gt``: ReDDiT's ground-truth term
+  ``w_gt mean_b max(MSE(x0, x0_s), MSE(z, eps_s))`` (0: off, as Salimans & Ho; ReDDiT's LOL-v1 uses 0.1);
+  ``distill.first_grid``: the first stage's teacher grid (default the largest ``final * 2^m <= T``; e.g. ``8`` for
+  one ``8 -> 4`` stage);
 * ``distill.entropy``: the auxiliary spatial-entropy term on the student's ``x0`` estimate (``weight`` 0: off; the
   keys of ``consistency_student``'s);
 * ``sampling.steps``: the exported student's step count (a divisor of ``process.steps``; ``S`` by default);
@@ -53,7 +56,8 @@ from lliejax import config_utils
 ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learning_rate",
            "dataset": "data.name", "manual_dir": "data.manual_dir", "sample_steps": "sampling.steps",
            "teacher": "distill.teacher", "weighting": "distill.weighting",
-           "teacher_solver": "process.teacher_solver", "entropy_weight": "distill.entropy.weight"}
+           "teacher_solver": "process.teacher_solver", "entropy_weight": "distill.entropy.weight",
+           "w_gt": "distill.w_gt", "first_grid": "distill.first_grid"}
 VARIANTS = ("lolv1", "demo", "tiny")
 
 
@@ -94,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
   di.init_from_teacher = True
   di.weighting = "truncated_snr"  # truncated_snr | x0 | eps
   di.k = ml_collections.config_dict.placeholder(int)  # force the student's step index (tests)
+  di.w_gt = 0.0  # ReDDiT's ground-truth term (0: off, Salimans & Ho)
+  di.first_grid = ml_collections.config_dict.placeholder(int)  # the first teacher grid (None: largest)
   di.entropy = en = ml_collections.ConfigDict()  # auxiliary spatial-entropy term (weight 0: off)
   en.weight = 0.0
   en.name = "kl"

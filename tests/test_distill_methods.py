@@ -127,6 +127,21 @@ def test_progressive_loss_gradients_and_weightings():
   extra = pg.loss(teacher, student, student_fn(sp), teacher_fn(tp), batch, jax.random.key(2),
                   x0_loss=lambda a, b: jnp.float32(0.25))
   assert float(extra[0]) == pytest.approx(t_snr + 0.25, rel=1e-5) and float(extra[1]["extra"]) == 0.25
+  # ReDDiT's ground-truth term (REFERENCE §3.4 step 7), transcribed directly from the drawn noise
+  with_gt, aux_gt = pg.loss(teacher, student, student_fn(sp), teacher_fn(tp), batch, jax.random.key(2),
+                            options=pg.Options(w_gt=0.3))
+  d = pg.draw(student, jax.random.key(2), SHAPE)
+  x_t = teacher.sde.forward_sample(x0, y, jnp.asarray(student.ts, jnp.int32)[d.k + 1], d.noise)
+  eps_s = student_fn(sp)(x_t, y, jnp.asarray(student.ts, jnp.int32)[d.k + 1])
+  e_th = np.exp(teacher.sde.thetas_cumsum[student.ts] * teacher.sde.dt)[np.asarray(d.k) + 1][:, None, None, None]
+  sb = np.asarray(teacher.sde.sigma_bars)[student.ts][np.asarray(d.k) + 1][:, None, None, None]
+  x0_s = (np.asarray(x_t) - np.asarray(y) - sb * np.asarray(eps_s)) * e_th + np.asarray(y)
+  per = np.maximum(np.mean((np.asarray(x0) - x0_s) ** 2, axis=(1, 2, 3)),
+                   np.mean((np.asarray(d.noise) - np.asarray(eps_s)) ** 2, axis=(1, 2, 3)))
+  assert float(aux_gt["gt"]) == pytest.approx(float(per.mean()), rel=1e-4)
+  assert float(with_gt) == pytest.approx(t_snr + 0.3 * per.mean(), rel=1e-4)
+  with pytest.raises(ValueError, match="w_gt"):
+    pg.Options(w_gt=-1.0)
   with pytest.raises(ValueError, match="k must be"):
     pg.draw(student, jax.random.key(0), SHAPE, options=pg.Options(k=4))
   with pytest.raises(ValueError, match="not every other point"):
@@ -137,6 +152,10 @@ def test_stage_schedule():
   """The first teacher grid is ``final * 2^m <= T``; grids of ``S`` and ``2S`` steps always nest."""
   assert [pg.first_teacher_steps(100, f) for f in (4, 2, 25, 3, 50, 1)] == [64, 64, 100, 96, 100, 64]
   assert pg.first_teacher_steps(8, 4) == 8 and pg.first_teacher_steps(16, 2) == 16
+  assert [pg.first_teacher_steps(100, 4, g) for g in (8, 16, 32, 64)] == [8, 16, 32, 64]
+  for bad_grid in (4, 12, 128):
+    with pytest.raises(ValueError, match="first_grid"):
+      pg.first_teacher_steps(100, 4, bad_grid)
   for bad in ((100, 51), (8, 0), (1, 1)):
     with pytest.raises(ValueError):
       pg.first_teacher_steps(*bad)

@@ -242,6 +242,43 @@ def test_hellinger_safe_sqrt_value_and_finite_gradients():
   _assert_grad_close(g, g_safe)
 
 
+@pytest.mark.parametrize("kernel,norm", [("sigmoid", "official"), ("gaussian", "mean")])
+def test_hellinger_point_window_closed_form(kernel, norm):
+  """The O(L) Hellinger sum of the 1x1 window equals the tiled L^2 pass, value and gradients (both fields), and is
+  exactly 0 for equal inputs (with finite gradients); dark images have kernels that underflow to exactly 0."""
+  rng = np.random.default_rng(4)
+  pred = jnp.asarray(rng.uniform(0, 1, (2, 7, 9, 3)).astype(np.float32)).at[0].multiply(0.05)
+  target = jnp.clip(pred + 0.1 * jnp.asarray(rng.standard_normal(pred.shape).astype(np.float32)), 0, 1)
+  bins = 32
+  kde = E._kde_options(bins, 0.5, kernel, (1,), None)
+  w = E.neighbour_weights(jax.random.key(2), "normal")
+
+  def fields(p, t):
+    return tuple(E._prepare(a, w, bins=bins, norm=norm, clamp="official") for a in (p, t))
+
+  def loss(fn, p, t):  # a non-uniform cotangent per pixel, as the Hellinger loss applies
+    return jnp.sum(jnp.sqrt(fn(fields(p, t)) + 1e-3) * jnp.linspace(0.5, 1.5, p.size).reshape(2, 3, 7, 9))
+
+  closed = lambda f: E._hellinger_point_window(f, kde)
+  tiled = lambda f: E._bin_sums(f, E._term("hellinger", None), kde)[0]
+  np.testing.assert_allclose(closed(fields(pred, target)), tiled(fields(pred, target)), rtol=2e-5, atol=1e-7)
+  (vc, gc), (vt, gt) = (jax.value_and_grad(functools.partial(loss, fn), argnums=(0, 1))(pred, target)
+                        for fn in (closed, tiled))
+  assert float(vc) == pytest.approx(float(vt), rel=1e-6)
+  for a, b in zip(gc, gt):
+    _assert_grad_close(a, b)
+  # and w.r.t. each field (values and neighbour maps of both images) directly, tighter
+  flds = fields(pred, target)
+  ct = jnp.linspace(0.5, 1.5, pred.size).reshape(2, 3, 7, 9)
+  gfc, gft = (jax.grad(lambda f, fn=fn: jnp.sum(fn(f) * ct))(flds) for fn in (closed, tiled))
+  for a, b in zip(jax.tree.leaves(gfc), jax.tree.leaves(gft)):
+    _assert_grad_close(a, b, rtol=1e-5)
+  same = closed(fields(pred, pred))
+  assert float(jnp.max(jnp.abs(same))) == 0.0
+  g_same = jax.grad(lambda p: jnp.sum(E.safe_sqrt(closed(fields(p, pred)))))(pred)
+  assert np.all(np.isfinite(np.asarray(g_same)))
+
+
 def test_safe_sqrt():
   x = jnp.array([0.0, 1e-30, 4.0])
   np.testing.assert_array_equal(E.safe_sqrt(x), jnp.sqrt(x))

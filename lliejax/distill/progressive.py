@@ -26,7 +26,14 @@ DDIM step of the gamma-DDPM, the exponential integrator of the mean-reverting SD
 4. the student ``eps_s = F(x, cond, s_{k+1})``, ``x0_s = predict_x0(x, s_{k+1}, eps_s)`` and (:data:`WEIGHTINGS`)
    ``'truncated_snr'`` (default): ``mean_b max(MSE_b(x0_s, x0_tgt), MSE_b(eps_s, eps_tgt))`` (Salimans & Ho §4,
    "truncated SNR" weighting ``max(SNR, 1)`` of the ``x0`` error; the ``max`` of ReDDiT's loss), ``'x0'`` (the ``x0``
-   MSE alone) or ``'eps'`` (the noise MSE alone).
+   MSE alone) or ``'eps'`` (the noise MSE alone);
+5. with ``w_gt > 0`` (:class:`Options`), ReDDiT's ground-truth term ``w_gt mean_b max(MSE_b(x0, x0_s), MSE_b(z,
+   eps_s))`` is added (``L_gt`` of ``GaussianDiffusion.loss`` in ReDDiT's ``model/ddpm_trans_modules/
+   diffusion.py``, REFERENCE §3.4 step 7; :func:`lliejax.distill.trajectory.loss` has it for ReDDiT's teachers, with
+   the official ``w_gt = 0.1`` of LOL-v1): the student is pulled towards the ground truth as well as along the
+   teacher's trajectory, so it can do better than the teacher's own deterministic sampler (which, for the
+   Entropy-SDE demo teacher, scores several dB below its stochastic posterior sampler). Salimans & Ho have no such
+   term (``w_gt = 0``, the default).
 
 For the gamma-DDPM on grid levels this is :func:`lliejax.distill.trajectory.targets` without RATR (ReDDiT draws
 continuous levels inside the grid intervals; here the levels are the grid's); the tests check the two agree.
@@ -40,7 +47,7 @@ steps (``sde.T`` = 100 for Entropy-SDE, ``diffusion.num_timesteps`` for ReDDiT) 
 ``G_0 = final * 2^m`` steps, the largest such ``<= T`` (:func:`first_teacher_steps`): for Entropy-SDE's ``T = 100``
 and a 4-step student, ``64 -> 32 -> 16 -> 8 -> 4`` (four stages; a 64-step deterministic teacher, as Salimans & Ho
 start from a DDIM teacher on a power-of-two grid); for 2 steps one more stage; ``final = 25`` gives
-``100 -> 50 -> 25``.
+``100 -> 50 -> 25``. ``distill.first_grid`` starts from a coarser grid instead (e.g. ``8``: one ``8 -> 4`` stage).
 
 All functions are pure and traceable; networks are ``net_fn(x_t, cond, time) -> noise`` callables (the caller binds
 the student's (differentiated) and the frozen teacher's parameters).
@@ -68,15 +75,19 @@ class Options:
   Attributes:
     weighting: one of :data:`WEIGHTINGS` (module docstring, step 4).
     k: force the student's step index ``k`` (in ``0..M-1``: from ``s_{k+1}`` to ``s_k``) instead of drawing it.
+    w_gt: weight of ReDDiT's ground-truth term (module docstring, step 5; 0 skips it).
   """
 
   weighting: str = "truncated_snr"
   k: int | None = None
+  w_gt: float = 0.0
 
   def __post_init__(self):
     if self.weighting not in WEIGHTINGS:
       raise ValueError(f"progressive distillation: weighting={self.weighting!r}; choose one of "
                        f"{', '.join(WEIGHTINGS)}")
+    if not self.w_gt >= 0.0:
+      raise ValueError(f"progressive distillation: w_gt must be >= 0, got {self.w_gt}")
 
 
 # ------------------------------------------------------------------------------------------------ grids
@@ -107,20 +118,30 @@ def check_nested(teacher: pr.Process, student: pr.Process) -> None:
                      f"of the teacher's {nu_t.size - 1}-step grid")
 
 
-def first_teacher_steps(native_steps: int, final_steps: int) -> int:
-  """``G_0 = final_steps * 2^m``, the largest such ``<= native_steps`` with ``m >= 1`` (module docstring).
+def first_teacher_steps(native_steps: int, final_steps: int, first_grid: int | None = None) -> int:
+  """``G_0 = final_steps * 2^m``, the largest such ``<= native_steps`` with ``m >= 1`` (module docstring), or
+  ``first_grid`` when given (``distill.first_grid``: fewer stages from a coarser teacher grid, e.g. ``8`` for one
+  ``8 -> 4`` stage), checked to be such a count.
 
   Raises:
-    ValueError: ``final_steps < 1`` or ``2 * final_steps > native_steps``.
+    ValueError: ``final_steps < 1``, ``2 * final_steps > native_steps``, or a ``first_grid`` that is not
+      ``final_steps * 2^m`` (``m >= 1``) within ``native_steps``.
   """
   native_steps, final_steps = int(native_steps), int(final_steps)
   if final_steps < 1 or 2 * final_steps > native_steps:
     raise ValueError(f"progressive distillation: a {native_steps}-step teacher has no student of {final_steps} "
                      f"step(s) (stages halve; at most {native_steps // 2})")
   steps = 2 * final_steps
+  allowed = [steps]
   while 2 * steps <= native_steps:
     steps *= 2
-  return steps
+    allowed.append(steps)
+  if first_grid is None:
+    return steps
+  if int(first_grid) not in allowed:
+    raise ValueError(f"progressive distillation: distill.first_grid={first_grid} must be final_steps * 2^m within "
+                     f"the teacher's {native_steps} steps, one of {allowed}")
+  return int(first_grid)
 
 
 # ------------------------------------------------------------------------------------------------ target
@@ -207,7 +228,7 @@ def loss(teacher: pr.Process, student: pr.Process, student_fn: NetFn, teacher_ep
 
   Returns:
     The total and ``aux``: ``distill``, ``x0_mse``, ``eps_mse``, ``k`` (mean drawn index), ``min_abs_coefficient``
-    (the smallest ``|b|``), and ``extra`` with ``x0_loss``.
+    (the smallest ``|b|``), ``gt`` with ``options.w_gt`` and ``extra`` with ``x0_loss``.
   """
   check_nested(teacher, student)
   x0, cond = batch["x0"], batch["cond"]
@@ -222,6 +243,10 @@ def loss(teacher: pr.Process, student: pr.Process, student_fn: NetFn, teacher_ep
   aux = {"distill": distill, "x0_mse": jnp.mean(mse_x0), "eps_mse": jnp.mean(mse_eps),
          "k": jnp.mean(d.k.astype(jnp.float32)), "min_abs_coefficient": jnp.min(jnp.abs(tg["coefficient"]))}
   total = distill
+  if options.w_gt:
+    gt = jnp.mean(jnp.maximum(_mse_per_sample(x0, x0_s), _mse_per_sample(d.noise, eps_s)))
+    total = total + options.w_gt * gt
+    aux["gt"] = gt
   if x0_loss is not None:
     extra = x0_loss(x0_s, tg["x0_tgt"])
     total = total + extra
@@ -267,14 +292,16 @@ def stage_config(config, teacher: str, *, final_steps: int | None = None):
     stage.process.teacher_solver = "ddim"  # it samples with 'ddim' steps
   else:
     native = cs.native_steps(stage)
-    steps = first_teacher_steps(native, native // 2 if final_steps is None else final_steps)
+    steps = first_teacher_steps(native, native // 2 if final_steps is None else final_steps,
+                                config.distill.get("first_grid"))
   stage.process.steps = steps // 2
   stage.sampling.steps = steps // 2
   return stage
 
 
-def teacher_grid_steps(teacher: str, *, final_steps: int) -> int:
-  """The grid step count ``teacher`` is distilled from (what :func:`stage_config` halves)."""
+def teacher_grid_steps(teacher: str, *, final_steps: int, first_grid: int | None = None) -> int:
+  """The grid step count ``teacher`` is distilled from (what :func:`stage_config` halves; ``first_grid`` as
+  :func:`first_teacher_steps`, for a base teacher)."""
   from lliejax import checkpoint  # pylint: disable=import-outside-toplevel
   from lliejax.methods import consistency_student as cs  # pylint: disable=import-outside-toplevel
   info = checkpoint.read_export_info(teacher)
@@ -282,7 +309,7 @@ def teacher_grid_steps(teacher: str, *, final_steps: int) -> int:
     return int(info["config"]["process"]["steps"])
   import ml_collections  # pylint: disable=import-outside-toplevel
   return first_teacher_steps(cs.native_steps(ml_collections.ConfigDict(info["config"]),
-                                             family=cs.family_of_export(info, teacher)), final_steps)
+                                             family=cs.family_of_export(info, teacher)), final_steps, first_grid)
 
 
 def distill_stages(config, teacher: str, workdir: str, *, final_steps: int = 4,
@@ -314,7 +341,7 @@ def distill_stages(config, teacher: str, workdir: str, *, final_steps: int = 4,
     raise ValueError(f"final_steps must be >= 1, got {final_steps}")
   exports = []
   while True:
-    steps = teacher_grid_steps(teacher, final_steps=final_steps)
+    steps = teacher_grid_steps(teacher, final_steps=final_steps, first_grid=config.distill.get("first_grid"))
     if steps % 2 or steps // 2 < final_steps:
       if not exports:
         raise ValueError(f"{teacher}: a {steps}-step teacher grid has no student of >= final_steps={final_steps} "

@@ -82,6 +82,8 @@ class ProgressiveStudent(cs.DistilledStudent):
     if pad is not None and len(pad) != 2:
       raise cu.ConfigError("sampling.pad", f"must be [rows, columns], got {list(pad)}")
     cu.check_choice(config, "distill.weighting", progressive.WEIGHTINGS)
+    cu.check_float(config, "distill.w_gt", min_value=0.0)
+    cu.check_int(config, "distill.first_grid", min_value=2, allow_none=True)
     k = cu.check_int(config, "distill.k", min_value=0, allow_none=True)
     if k is not None and s is not None and k > s - 1:
       raise cu.ConfigError("distill.k", f"must be a student step index in [0, {s - 1}], got {k}")
@@ -117,7 +119,7 @@ class ProgressiveStudent(cs.DistilledStudent):
   def options(self) -> progressive.Options:
     k = self.config.distill.get("k")
     return progressive.Options(weighting=self.config.distill.get("weighting", "truncated_snr"),
-                               k=None if k is None else int(k))
+                               k=None if k is None else int(k), w_gt=float(self.config.distill.get("w_gt", 0.0)))
 
   # ---------------------------------------------------------------------------------------------- objective
   def loss(self, params, frozen, batch, key, *, ema, step=None):
