@@ -57,7 +57,8 @@ ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learn
            "dataset": "data.name", "manual_dir": "data.manual_dir", "sample_steps": "sampling.steps",
            "teacher": "distill.teacher", "weighting": "distill.weighting",
            "teacher_solver": "process.teacher_solver", "entropy_weight": "distill.entropy.weight",
-           "w_gt": "distill.w_gt", "first_grid": "distill.first_grid"}
+           "w_gt": "distill.w_gt", "first_grid": "distill.first_grid",
+           "parametrization": "distill.parametrization"}
 VARIANTS = ("lolv1", "demo", "tiny")
 
 
@@ -100,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   di.k = ml_collections.config_dict.placeholder(int)  # force the student's step index (tests)
   di.w_gt = 0.0  # ReDDiT's ground-truth term (0: off, Salimans & Ho)
   di.first_grid = ml_collections.config_dict.placeholder(int)  # the first teacher grid (None: largest)
+  di.parametrization = "eps"  # eps (the teacher's) | x0 (the output is x0 - cond)
   di.entropy = en = ml_collections.ConfigDict()  # auxiliary spatial-entropy term (weight 0: off)
   en.weight = 0.0
   en.name = "kl"

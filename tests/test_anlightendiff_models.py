@@ -401,3 +401,39 @@ def test_input_checks():
     run(fs, x, t, x)
   with pytest.raises(ValueError, match="in_dim must be >= 6"):
     flax_shapes(au.UnetCond(in_dim=3, unet_dim=8, dim_mults=(1, 2)), sds(1, 8, 8, 3))
+
+
+@pytest.mark.parametrize("hw", [(6, 10), (40, 36)])  # the patch-matrix branch (<= 1024 outputs) and the padded one
+def test_fast_conv_paths_match_plain_convolutions(hw):
+  """``conv3x3_valid`` and the 4/2/1 transposed convolution (4 phases) equal XLA's plain convolutions, forward and
+  both gradients (what the train step differentiates)."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((2,) + hw + (5,), dtype=np.float32))
+  w = jnp.asarray(rng.standard_normal((3, 3, 5, 7), dtype=np.float32))
+  ct = jnp.asarray(rng.standard_normal((2, hw[0] - 2, hw[1] - 2, 7), dtype=np.float32))
+  dn = ("NHWC", "HWIO", "NHWC")
+  plain = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn,
+                                                    precision=jax.lax.Precision.HIGHEST)
+  fast = lambda x, w: au.conv3x3_valid(x, w)
+  np.testing.assert_allclose(fast(x, w), plain(x, w), rtol=1e-4, atol=1e-4)
+  g_fast = jax.grad(lambda x, w: jnp.sum(fast(x, w) * ct), argnums=(0, 1))(x, w)
+  g_plain = jax.grad(lambda x, w: jnp.sum(plain(x, w) * ct), argnums=(0, 1))(x, w)
+  for a, b in zip(g_fast, g_plain):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+  # ConvTranspose2d(4, 2, 1): the phase decomposition against the lhs-dilated convolution
+  k = jnp.asarray(rng.standard_normal((4, 4, 7, 5), dtype=np.float32))  # the key map's (k, k, out, in)
+  bias = jnp.asarray(rng.standard_normal((7,), dtype=np.float32))
+
+  def dilated(x, k):
+    fl = jnp.swapaxes(k[::-1, ::-1], 2, 3)
+    return jax.lax.conv_general_dilated(x, fl, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=dn,
+                                        precision=jax.lax.Precision.HIGHEST) + bias
+
+  ours = lambda x, k: au.conv_transpose_torch(x, k, bias, 2, 1)
+  assert ours(x, k).shape == (2, 2 * hw[0], 2 * hw[1], 7)
+  np.testing.assert_allclose(ours(x, k), dilated(x, k), rtol=1e-4, atol=1e-4)
+  ct2 = jnp.asarray(rng.standard_normal((2, 2 * hw[0], 2 * hw[1], 7), dtype=np.float32))
+  g_ours = jax.grad(lambda x, k: jnp.sum(ours(x, k) * ct2), argnums=(0, 1))(x, k)
+  g_ref = jax.grad(lambda x, k: jnp.sum(dilated(x, k) * ct2), argnums=(0, 1))(x, k)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-3)

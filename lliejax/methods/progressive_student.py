@@ -30,6 +30,7 @@ grid -> 32 -> 16 -> 8 -> 4 for a 4-step student; :func:`lliejax.distill.progress
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from lliejax import config_utils as cu
 from lliejax import methods
@@ -63,6 +64,7 @@ class ProgressiveStudent(cs.DistilledStudent):
     self.steps = int(config.process.steps)
     self.student = self.grid(self.steps, "ddim")
     self._teacher_process = None
+    self._teacher_is_student = False
 
   @classmethod
   def validate_config(cls, config, *, device_count=None):
@@ -83,6 +85,7 @@ class ProgressiveStudent(cs.DistilledStudent):
       raise cu.ConfigError("sampling.pad", f"must be [rows, columns], got {list(pad)}")
     cu.check_choice(config, "distill.weighting", progressive.WEIGHTINGS)
     cu.check_float(config, "distill.w_gt", min_value=0.0)
+    cu.check_choice(config, "distill.parametrization", cls.PARAMETRISATIONS)
     cu.check_int(config, "distill.first_grid", min_value=2, allow_none=True)
     k = cu.check_int(config, "distill.k", min_value=0, allow_none=True)
     if k is not None and s is not None and k > s - 1:
@@ -108,6 +111,12 @@ class ProgressiveStudent(cs.DistilledStudent):
     """A ``progressive_student`` teacher has ``2S`` steps and is stepped with ``'ddim'``, as it samples."""
     if export.method != "progressive_student":
       return
+    theirs_param = export.config.get("distill", {}).get("parametrization", "eps")
+    ours_param = self.config.distill.get("parametrization", "eps")
+    if theirs_param != ours_param:
+      raise ValueError(f"{path}: a progressive_student teacher with distill.parametrization={theirs_param!r} cannot "
+                       f"teach a student with {ours_param!r} (set the same)")
+    self._teacher_is_student = True
     theirs = int(export.config.process.steps)
     if theirs != 2 * self.steps:
       raise ValueError(f"{path}: a {theirs}-step progressive student cannot teach this {self.steps}-step student "
@@ -115,6 +124,39 @@ class ProgressiveStudent(cs.DistilledStudent):
     if self.config.process.get("teacher_solver", "ddim") != "ddim":
       raise ValueError(f"{path}: a progressive_student teacher samples with 'ddim' steps; set "
                        "process.teacher_solver=ddim")
+
+  # ---------------------------------------------------------------------------------------------- parametrisation
+  PARAMETRISATIONS = ("eps", "x0")
+
+  def student_fn(self, params):
+    """``(x_t, cond, time) -> noise`` of the student: the network's output itself (``distill.parametrization``
+    ``'eps'``, the teacher's, default) or, with ``'x0'``, the output ``o`` read as the clean image's residual on the
+    condition, ``x0 = cond + o``, turned into the noise it implies at ``time`` (SDE: ``(x - mu - (x0 - mu)
+    e^{-Theta_t}) / sigma_bar_t``; ReDDiT's DDPM: ``(x - gamma x0) / sqrt(1 - gamma^2)``). Salimans & Ho §4: an
+    ``eps`` network cannot give ``x0`` at low signal-to-noise ratios (Entropy-SDE: ``x0 = mu + (x - mu - sigma_bar
+    eps) e^{Theta_t}``, an error of the noise prediction amplified ~39x at ``t = T``), which few-step students need.
+    """
+    fn = self.net_fn(params)
+    if self.config.distill.get("parametrization", "eps") == "eps":
+      return fn
+
+    def x0_param(x, cond, time):
+      x0 = cond + fn(x, cond, time)
+      if self.family.name == "reddit":
+        g = time.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+        return (x - g * x0) / jnp.sqrt(jnp.maximum(1.0 - g * g, 1e-12))
+      sde = self.base.sde
+      return (x - cond - (x0 - cond) * sde.mean_weight(time, x.ndim)) / sde.sigma_bar(time, x.ndim)
+    return x0_param
+
+  def teacher_fn(self, frozen):
+    """The frozen teacher's noise function: a ``progressive_student`` teacher with its own parametrisation
+    (checked equal to this stage's by :meth:`check_teacher`), a base teacher's network otherwise."""
+    if self.config.distill.get("parametrization", "eps") != "eps":
+      self.teacher_export()  # reads (once) whether the teacher is a progressive_student, checked to match
+    if self._teacher_is_student:
+      return self.student_fn(frozen["teacher"])
+    return self.net_fn(frozen["teacher"])
 
   def options(self) -> progressive.Options:
     k = self.config.distill.get("k")
@@ -130,9 +172,8 @@ class ProgressiveStudent(cs.DistilledStudent):
     x0_loss = None
     if self._entropy is not None:
       x0_loss = lambda x0_s, x0_tgt: self.entropy_term(x0_s, x0_tgt, batch["gt"], k_ent, step)
-    total, aux = progressive.loss(self.teacher_process, self.student, self.net_fn(params),
-                                  self.net_fn(frozen["teacher"]), data, k_pd, options=self.options(),
-                                  x0_loss=x0_loss)
+    total, aux = progressive.loss(self.teacher_process, self.student, self.student_fn(params),
+                                  self.teacher_fn(frozen), data, k_pd, options=self.options(), x0_loss=x0_loss)
     if "extra" in aux:
       aux["entropy"] = aux.pop("extra")
     return total, aux
@@ -154,7 +195,7 @@ class ProgressiveStudent(cs.DistilledStudent):
         process = pr.MeanReverting(sde=process.sde, ts=process.ts[::stride], solver="ddim",
                                    data_range=process.data_range)
     cond, finish = self.prepare(lq)
-    return finish(progressive.sample(process, self.net_fn(params), cond, key))
+    return finish(progressive.sample(process, self.student_fn(params), cond, key))
 
   def describe(self, params):
     return (f"progressive_student: the {self.family.name} network ({methods.count_params(params):,} parameters), "
