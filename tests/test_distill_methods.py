@@ -404,3 +404,25 @@ def test_distill_cli_train_step_and_sampler(teachers, tfds_dir, tmp_path, capsys
                                                  if "threefry" not in f.split("(")[0])
 
   assert loops(None)[0] == 1 and loops(None) == loops(1)
+
+
+def test_progressive_x0_parametrisation(teachers):
+  """``distill.parametrization=x0``: the network's output ``o`` is the clean image's residual on the condition; the
+  noise the student reports implies exactly ``x0 = cond + o`` at its time, for both families; the teacher keeps its
+  own (noise) parametrisation."""
+  rng = np.random.default_rng(3)
+  for family, (path, params) in teachers.items():
+    config = cs.student_config(load("progressive_student", "tiny,parametrization=x0"), path)
+    config_utils.validate_config(config)
+    method = methods.build(config)
+    frozen = method.init_frozen(None)
+    x = jnp.asarray(rng.standard_normal(SHAPE), jnp.float32)
+    cond = jnp.asarray(rng.uniform(0, 1, SHAPE), jnp.float32)
+    n = 1  # the student's grid point s_1
+    time = method.student.net_time(n, SHAPE[0])
+    o = method.net_fn(params)(x, cond, time)
+    eps = method.student_fn(params)(x, cond, time)
+    np.testing.assert_allclose(method.student.predict_x0(x, cond, n, eps), cond + o, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(method.teacher_fn(frozen)(x, cond, time), o)  # a base teacher: its own network
+  with pytest.raises(config_utils.ConfigError, match="parametrization"):
+    config_utils.validate_config(load("progressive_student", "tiny,parametrization=v"))
