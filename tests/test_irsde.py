@@ -172,3 +172,31 @@ def test_sampler_rejects_unknown_mode():
   s = sde_lib.make_sde(T=2)
   with pytest.raises(ValueError, match="mode"):
     sde_lib.sample(s, lambda x, m, t: x, jnp.zeros((1, 2, 2, 3)), jax.random.key(0), mode="ddim")
+
+
+def test_strided_sampler():
+  """``sample_strided``: on the full grid with ``eta = 1`` it is the official posterior sampler (same key use, so the
+  same noise); ``eta = 0`` is the deterministic exponential integrator of ``distill.processes.MeanReverting('ddim')``
+  on the same grid; an oracle network lands on x0 with any step count; bad step counts are refused."""
+  from lliejax.distill import consistency, processes  # pylint: disable=import-outside-toplevel
+  s = sde_lib.make_sde(T=12)
+  mu = jax.random.uniform(jax.random.key(0), (2, 5, 7, 3))
+  noise_fn = lambda x, m, t: jnp.tanh(x - m) * (t[:, None, None, None] / 12.0)
+  key = jax.random.key(3)
+  full = sde_lib.sample_strided(s, noise_fn, mu, key, steps=12, eta=1.0)
+  np.testing.assert_allclose(full, sde_lib.sample(s, noise_fn, mu, key, mode="posterior"), rtol=1e-4, atol=1e-5)
+  x_init = s.init_state(jax.random.key(4), mu)
+  for steps in (12, 4, 3):
+    det = sde_lib.sample_strided(s, noise_fn, mu, key, steps=steps, eta=0.0, x_init=x_init)
+    proc = processes.MeanReverting.from_sde(s, steps + 1, solver="ddim")
+    np.testing.assert_array_equal(proc.ts, sde_lib.strided_times(12, steps))
+    ref = consistency.ode_sample(proc, noise_fn, mu, x_init=x_init)
+    np.testing.assert_allclose(det, ref, rtol=1e-4, atol=1e-5)
+  x0 = jax.random.uniform(jax.random.key(5), (1, 8, 8, 3))
+  oracle = lambda x, m, t: s.noise_from_state(x, x0, m, t)
+  for steps, eta in ((1, 1.0), (3, 0.5), (5, 1.0)):
+    out = sde_lib.sample_strided(s, oracle, x0 * 0.1, jax.random.key(6), steps=steps, eta=eta)
+    np.testing.assert_allclose(out, x0, atol=2e-4)
+  for bad in (0, 13):
+    with pytest.raises(ValueError, match="steps must be in"):
+      sde_lib.sample_strided(s, noise_fn, mu, key, steps=bad)

@@ -278,3 +278,63 @@ def sample(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, mode: SamplerMode = "poste
   ts = jnp.arange(sde.T, 0, -1, dtype=jnp.int32)
   x, states = jax.lax.scan(step, x, (ts, jax.random.split(kloop, sde.T)))
   return (x, states) if return_intermediates else x
+
+
+def strided_times(T: int, steps: int) -> np.ndarray:
+  """The ``steps + 1`` integer times ``round(linspace(0, T, steps + 1))`` (int64, from 0): the grid of
+  :func:`sample_strided` (and of :class:`lliejax.distill.processes.MeanReverting` with ``steps + 1`` scales)."""
+  if not 1 <= int(steps) <= int(T):
+    raise ValueError(f"strided sampling: steps must be in [1, T={T}], got {steps}")
+  return np.round(np.linspace(0, T, int(steps) + 1)).astype(np.int64)
+
+
+def sample_strided(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, steps: int, eta: float = 1.0, x_init=None):
+  """``steps`` reverse steps on the grid :func:`strided_times` (``T = t_S > ... > t_0 = 0``): the DDIM family of the
+  mean-reverting SDE (not in the official code; lliejax's few-step sampler for any Entropy-SDE / IR-SDE model).
+
+  With ``Theta_t = thetas_cumsum[t] dt``, ``sigma_bar_t = lambda sqrt(1 - e^{-2 Theta_t})`` and the network's
+  ``x0_hat = (x - mu - sigma_bar_t eps_hat) e^{Theta_t} + mu`` (:meth:`IRSDE.x0_from_noise`), one step from
+  ``t`` to ``s < t`` is::
+
+      x_s = mu + (x0_hat - mu) e^{-Theta_s} + sqrt(sigma_bar_s^2 - c^2) eps_hat + c z,
+      c^2 = eta^2 sigma_bar_s^2 lambda^2 (1 - e^{-2 (Theta_t - Theta_s)}) / sigma_bar_t^2,
+
+  ``z ~ N(0, I)``. For ``eta = 1``, ``c^2`` is the variance of the Gaussian ``q(x_s | x_t, x0)`` of the OU process,
+  and the step is the posterior ``q(x_s | x_t, x0_hat)`` (DDPM's ancestral step, as Song et al.'s DDIM with
+  ``eta = 1``): with ``steps = T`` it is the official ``reverse_posterior_step`` (checked by the tests, step by
+  step). ``eta = 0`` is deterministic: the exponential integrator of the probability-flow ODE (the ``'ddim'`` solver
+  of :class:`lliejax.distill.processes.MeanReverting`). The last step (to ``t = 0``, ``sigma_bar_0 = 0``) returns
+  ``x0_hat``. Measured on the Entropy-SDE demo teacher (3 photos, 21.5 dB with 100 posterior steps): ``eta = 1``
+  gives 21.0 dB at 8 steps and 18.2 dB at 4; ``eta = 0`` 19.1 dB at 8 and 16.7 dB at 4 (one noise draw each).
+
+  Args:
+    sde, noise_fn, mu, key, x_init: as :func:`sample`.
+    steps: the number of network calls (``1..T``).
+    eta: 0 (deterministic) .. 1 (posterior).
+
+  Returns:
+    The final state (unclamped). Traceable (one ``lax.scan``).
+  """
+  ts = strided_times(sde.T, steps)
+  theta = sde.thetas_cumsum.astype(np.float64)[ts] * float(sde.dt)
+  lam2 = float(sde.max_sigma) ** 2
+  sb2 = lam2 * (1.0 - np.exp(-2.0 * theta))
+  hi, lo = np.arange(len(ts) - 1, 0, -1), np.arange(len(ts) - 2, -1, -1)  # steps t_n -> t_{n-1}, first n = S
+  c2 = float(eta) ** 2 * sb2[lo] * lam2 * (1.0 - np.exp(-2.0 * (theta[hi] - theta[lo]))) / sb2[hi]
+  table = {"t": jnp.asarray(ts[hi], jnp.int32), "decay": jnp.asarray(np.exp(-theta[lo]), jnp.float32),
+           "direct": jnp.asarray(np.sqrt(np.maximum(sb2[lo] - c2, 0.0)), jnp.float32),
+           "noise": jnp.asarray(np.sqrt(c2), jnp.float32), "last": jnp.asarray(lo == 0)}
+  k0, kloop = jax.random.split(key)
+  x = sde.init_state(k0, mu) if x_init is None else x_init
+  batch = mu.shape[0]
+
+  def step(x, inputs):
+    row, k = inputs
+    t = jnp.full((batch,), row["t"], jnp.int32)
+    eps = noise_fn(x, mu, t)
+    x0 = sde.x0_from_noise(x, eps, mu, t)
+    nxt = mu + (x0 - mu) * row["decay"] + row["direct"] * eps + row["noise"] * jax.random.normal(k, x.shape, x.dtype)
+    return jnp.where(row["last"], x0, nxt), None
+
+  x, _ = jax.lax.scan(step, x, (table, jax.random.split(kloop, len(hi))))
+  return x

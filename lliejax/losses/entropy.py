@@ -620,11 +620,13 @@ def _point_value(m, kde: _KDE) -> jax.Array:
 
 
 def _per_channel(fn, fields, *rest):
-  """``fn(fields, *rest)`` on one channel at a time (``lax.map``; leaves (B, C, H, W) -> (C, B, H, W) and back):
-  the per-bin arrays of one channel only are live at once."""
-  to_c = lambda a: jnp.moveaxis(a, 1, 0)
-  out = jax.lax.map(lambda args: fn(*args), (jax.tree.map(to_c, fields),) + tuple(jax.tree.map(to_c, r) for r in rest))
-  return jax.tree.map(to_c, out)
+  """``fn(fields, *rest)`` on one image channel at a time (``lax.map`` over the ``B * C`` (H, W) planes): the
+  per-bin (H, W, L) arrays of one plane only are live at once (XLA temp 43 MiB instead of 128 MiB at (2, 3, 128,
+  128, 32), and faster)."""
+  shape = fields[0][0].shape
+  flat = lambda a: a.reshape((-1,) + shape[-2:])
+  out = jax.lax.map(lambda args: fn(*args), (jax.tree.map(flat, fields),) + tuple(jax.tree.map(flat, r) for r in rest))
+  return jax.tree.map(lambda a: a.reshape(shape), out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -642,11 +644,11 @@ def _hellinger_point_window(fields, kde: _KDE) -> jax.Array:
   ``sqrt(kappa)`` taken as 0 where the kernel is exactly 0, it is the gradient of :func:`_term` ``('hellinger')``
   (0 wherever ``P`` or ``Q`` is exactly 0).
   """
-  return _point_value(_point_moments(fields, kde), kde)
+  return _point_value(_per_channel(lambda f: _point_moments(f, kde), fields), kde)
 
 
 def _hellinger_point_fwd(fields, kde):
-  m = _point_moments(fields, kde)
+  m = _per_channel(lambda f: _point_moments(f, kde), fields)
   return _point_value(m, kde), (fields, m)
 
 
@@ -668,7 +670,7 @@ def _hellinger_point_bwd(kde, res, ct):
   fields, m = res
   live = (m[0] * m[1] + m[2] * m[3] + 2.0 * m[4] * m[5]) > 0
   ct = jnp.where(live, ct, 0.0) * jnp.float32(2.0 / (0.5 * kde.bandwidth))  # the factor 2 of every derivative
-  return (_point_grads(fields, m, ct, kde),)
+  return (_per_channel(lambda f, mm, c: _point_grads(f, mm, c, kde), fields, m, ct),)
 
 
 _hellinger_point_window.defvjp(_hellinger_point_fwd, _hellinger_point_bwd)

@@ -45,7 +45,7 @@ class EntropySDE(Method):
 
   name = "entropy_sde"
   architecture_sections = ("model", "sde")
-  samplers = ("posterior", "sde", "ode")
+  samplers = ("posterior", "sde", "ode", "strided")
 
   def __init__(self, config):
     super().__init__(config)
@@ -73,6 +73,7 @@ class EntropySDE(Method):
       cu.check_bool(config, key)
 
     cu.check_int(config, "sde.T", min_value=1)
+    cu.check_float(config, "sampling.eta", min_value=0, max_value=1)  # the 'strided' sampler (absent: 1)
     cu.check_float(config, "sde.max_sigma", min_value=0, min_open=True)
     cu.check_choice(config, "sde.schedule", typing.get_args(irsde.Schedule))
     cu.check_float(config, "sde.eps", min_value=0, max_value=1, min_open=True, max_open=True)
@@ -136,13 +137,20 @@ class EntropySDE(Method):
     return {}
 
   def sample(self, params, frozen, lq, key, *, sampler=None, steps=None):
-    """All ``T`` reverse steps (``sampler``: posterior, sde or ode) from ``x_T = lq + lambda * noise``."""
+    """From ``x_T = lq + lambda * noise``: all ``T`` reverse steps (``sampler``: posterior, sde or ode, the official
+    samplers), or ``steps`` steps of the ``'strided'`` sampler (:func:`lliejax.diffusion.irsde.sample_strided`,
+    ``eta`` = ``config.sampling.eta``, default 1: the posterior step on a coarser grid; ``steps`` default ``T``)."""
     del frozen
-    if steps is not None and int(steps) != self.sde.T:
-      raise ValueError(f"entropy_sde samples all sde.T={self.sde.T} steps (got steps={steps})")
     mode = sampler or self.default_sampler("test")
     if mode not in self.samplers:
       raise ValueError(f"entropy_sde: unknown sampler {mode!r}; choose one of {', '.join(self.samplers)}")
+    if mode == "strided":
+      eta = float(self.config.get("sampling", {}).get("eta", 1.0))
+      return irsde.sample_strided(self.sde, self.noise_fn(params), lq, key,
+                                  steps=self.sde.T if steps is None else int(steps), eta=eta)
+    if steps is not None and int(steps) != self.sde.T:
+      raise ValueError(f"entropy_sde: the {mode} sampler runs all sde.T={self.sde.T} steps (got steps={steps}); "
+                       "--sampler strided runs fewer")
     return irsde.sample(self.sde, self.noise_fn(params), lq, key, mode=mode)
 
   def describe(self, params):
