@@ -437,3 +437,16 @@ def test_fast_conv_paths_match_plain_convolutions(hw):
   g_ref = jax.grad(lambda x, k: jnp.sum(dilated(x, k) * ct2), argnums=(0, 1))(x, k)
   for a, b in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-3)
+
+
+def test_mish_matches_plain_formula():
+  """The one-exponential Mish (custom JVP) equals ``x tanh(softplus(x))`` and its autodiff derivative (float
+  rounding), including the clamped range (x > 20) and very negative inputs."""
+  x = jnp.concatenate([jnp.linspace(-120.0, 120.0, 4801, dtype=jnp.float32),
+                       jnp.asarray(np.random.default_rng(7).standard_normal(2000, dtype=np.float32) * 4)])
+  plain = lambda v: v * jnp.tanh(jax.nn.softplus(v))
+  np.testing.assert_allclose(au.mish(x), plain(x), rtol=2e-6, atol=2e-6)
+  g = jax.grad(lambda v: jnp.sum(au.mish(v)))(x)
+  g_plain = jax.grad(lambda v: jnp.sum(plain(v)))(x)
+  np.testing.assert_allclose(g, g_plain, rtol=1e-5, atol=1e-5)
+  assert bool(jnp.all(jnp.isfinite(g)))

@@ -75,9 +75,37 @@ def param_count(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
+#: Above this input :func:`mish` is the identity in float32 (``tanh(softplus(20)) = 1 - 8e-18``); its exponential
+#: is clamped there.
+_MISH_CLAMP = 20.0
+
+
+@jax.custom_jvp
 def mish(x):
-  """``Mish`` of commons.py: ``x * tanh(softplus(x))``."""
-  return x * jnp.tanh(jax.nn.softplus(x))
+  """``Mish`` of commons.py: ``x * tanh(softplus(x))``, computed from one exponential.
+
+  With ``e = exp(x)`` and ``n = e (e + 2)``, ``tanh(log(1 + e)) = n / (n + 2)`` exactly; ``e`` is clamped at
+  ``exp(20)`` (no overflow; the factor is 1 in float32 there). Its derivative (the custom JVP) is
+  ``n / (n + 2) + 4 x e (1 + e) / (n + 2)^2`` (``tanh(sp) + x sech^2(sp) sigmoid(x)``), evaluated in the forward
+  pass, so the backward pass is one product. Same values to float rounding (within 1e-6 absolute of
+  ``x * tanh(softplus(x))``, closer to the float64 value: 7e-7 vs 2e-6 on [-100, 100]; the derivative 2e-7 vs 4e-6
+  off). XLA:CPU evaluates ``tanh`` and ``softplus`` (``log1p``, ``exp``, a select) and their autodiff derivative
+  slowly: forward plus backward on a 4x160x160x64 map takes 38 ms instead of 55 ms (~275 ms of Mish in the FS
+  training step).
+  """
+  e = jnp.exp(jnp.minimum(x, _MISH_CLAMP))
+  n = e * (e + 2.0)
+  return x * (n / (n + 2.0))
+
+
+@mish.defjvp
+def _mish_jvp(primals, tangents):
+  (x,), (x_dot,) = primals, tangents
+  e = jnp.exp(jnp.minimum(x, _MISH_CLAMP))
+  n = e * (e + 2.0)
+  w = n + 2.0
+  th = n / w
+  return x * th, (th + 4.0 * x * e * (1.0 + e) / (w * w)) * x_dot
 
 
 def instance_norm(x, eps: float = IN_EPS):
