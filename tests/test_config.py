@@ -235,7 +235,7 @@ def test_test_method_configs_are_valid_and_get_the_generic_checks():
     ("eval_every=-1", "config.eval_every: must be >= 0, got -1"),
     ("data.patch_size=0", "config.data.patch_size: must be >= 1, got 0"),
     ("data.augment=none", "config.data.augment: must be one of lqgt, crop_flip, got 'none'"),
-    ("test_sampler=ddim", "config.test_sampler: must be one of posterior, sde, ode, got 'ddim'"),
+    ("test_sampler=ddim", "config.test_sampler: must be one of posterior, sde, ode, strided, got 'ddim'"),
     ("model.dec_blk_nums=(1,1,1)", "config.model.dec_blk_nums: must have as many levels as model.enc_blk_nums"),
     ("model.width=0", "config.model.width: must be >= 1, got 0"),
     ("sde.eps=1", "config.sde.eps: must be in (0, 1), got 1.0"),
