@@ -49,8 +49,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, seed_help: str) -> None:
-  p.add_argument("--sampler", default=None, help="the method's sampler (Entropy-SDE: posterior, sde or ode; "
-                 "default: the method's test sampler, posterior as the official test.py)")
+  p.add_argument("--sampler", default=None, help="the method's sampler (Entropy-SDE: posterior, sde or ode, "
+                 "or strided with --steps N: N posterior steps on a coarser grid; default: the method's test sampler, "
+                 "posterior as the official test.py)")
   p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the method's)")
   p.add_argument("--seed", type=int, default=0, help=seed_help)
   p.add_argument("--online", action="store_true", help="use the online instead of the EMA params of a workdir")
