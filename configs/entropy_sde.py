@@ -22,6 +22,10 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``demo
                        small): the paper's objective at demo scale; its outputs saturate (README).
 ``tiny``               a very small network and a handful of steps, for tests.
 =====================  ===========================================================================================
+
+Besides the official samplers (``test_sampler``: posterior / sde / ode over all ``sde.T`` steps), ``--sampler strided
+--steps N`` runs N steps of :func:`lliejax.diffusion.irsde.sample_strided` with ``sampling.eta`` (1: the posterior
+step on a coarser grid, default; 0: deterministic). Not in the official code.
 """
 from __future__ import annotations
 
@@ -122,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_num_images = 11  # the official validation uses the first 11 images
   c.eval_sampler = "sde"  # validation sampler in the official train.py
   c.test_sampler = "posterior"  # the official test.py forces posterior
+  c.sampling = sa = ml_collections.ConfigDict()  # lliejax's --sampler strided (irsde.sample_strided)
+  sa.eta = 1.0  # 1: the posterior step on the coarser grid; 0: deterministic (exponential integrator)
   c.write_images = True
   return c
 

@@ -200,3 +200,22 @@ def test_strided_sampler():
   for bad in (0, 13):
     with pytest.raises(ValueError, match="steps must be in"):
       sde_lib.sample_strided(s, noise_fn, mu, key, steps=bad)
+
+
+def test_entropy_sde_method_strided_sampler():
+  """``entropy_sde``'s ``'strided'`` sampler is :func:`sample_strided` with ``config.sampling.eta`` (settable as an
+  override, validated); the official samplers refuse a step count other than ``T``."""
+  import os  # pylint: disable=import-outside-toplevel
+  from lliejax import config_utils, methods  # pylint: disable=import-outside-toplevel
+  spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "entropy_sde.py")
+  config = config_utils.load_config(spec + ":tiny,sampling.eta=0.0")
+  method = methods.build(config)
+  params = method.init_params(jax.random.key(0))
+  lq = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3))
+  out = method.sample(params, {}, lq, jax.random.key(2), sampler="strided", steps=2)
+  ref = sde_lib.sample_strided(method.sde, method.noise_fn(params), lq, jax.random.key(2), steps=2, eta=0.0)
+  np.testing.assert_array_equal(out, ref)
+  with pytest.raises(ValueError, match="strided runs fewer"):
+    method.sample(params, {}, lq, jax.random.key(2), sampler="posterior", steps=2)
+  with pytest.raises(config_utils.ConfigError, match="sampling.eta"):
+    config_utils.load_config(spec + ":tiny,sampling.eta=1.5")

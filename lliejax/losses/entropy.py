@@ -46,10 +46,11 @@ KL, cross-entropy and the entropy metric (linear in the bin sums) keep only the 
 value and gradient in one pass; Hellinger (a square root per window and pixel) needs the bin sums first, so its
 gradient takes a second pass. Hellinger's 1x1 window (of the official ``(1, 3, 5)``) does not go through the tiles:
 its densities are outer products, so its ``L^2`` sum has a closed form in ``O(L)`` per pixel
-(:func:`_hellinger_point_window`, written with differences so that equal inputs still give exactly 0). The target's gradient is computed only when something differentiates the target
-(``symbolic_zeros``). Each (bin chunk, neighbour block) tile is one ``lax.cond``: besides skipping (below), running
-the tiles one after the other keeps their arrays in cache (measured 17-35 % less CPU time than the same code
-without the conditionals, on the 2-core development machine).
+(:func:`_hellinger_point_window`, written with differences so that equal inputs still give exactly 0). The target's
+gradient is computed only when something differentiates the target (``symbolic_zeros``). Each (bin chunk,
+neighbour block) tile is one ``lax.cond``: besides skipping (below), running the tiles one after the other keeps
+their arrays in cache (measured 17-35 % less CPU time than the same code without the conditionals, on the 2-core
+development machine).
 
 The loss is not a bilinear form of the kernels (each pixel's local density goes through a log or a square root
 before the bins are summed), so it cannot be written as a matrix product over pixels; only :func:`joint_histogram`
@@ -598,8 +599,8 @@ def _perturbed(fields):
 
 
 def _point_roots(z: jax.Array, kde: _KDE) -> tuple[jax.Array, jax.Array]:
-  """``sqrt(kappa((g - z)/h))`` for every bin ``g`` (bins last: (B, H, W) -> (B, H, W, L)) and its derivative with respect to ``z``
-  (0 where the kernel is exactly 0)."""
+  """``sqrt(kappa((g - z)/h))`` for every bin ``g`` (bins last: (B, H, W) -> (B, H, W, L)) and its derivative with
+  respect to ``z`` (0 where the kernel is exactly 0)."""
   k, dk = _kernel_and_derivative(z.reshape((-1,) + z.shape[-2:]), kde)  # (F, H, W) -> (F, L, H, W)
   k, dk = (jnp.moveaxis(a, 1, -1).reshape(z.shape + (kde.bins,)) for a in (k, dk))
   r = jnp.sqrt(k)
