@@ -151,8 +151,8 @@ def _parser() -> argparse.ArgumentParser:
   d.add_argument("--steps", type=int, default=None, help="override the number of training steps")
   d.add_argument("--seed", type=int, default=0, help="sampler seed for the evaluation")
 
-  ds = sub.add_parser("distill", help="distil a teacher export into fewer-step students (trajectory stages or "
-                      "consistency distillation)",
+  ds = sub.add_parser("distill", help="distil a teacher export into fewer-step students (trajectory stages, "
+                      "consistency or sampler distillation)",
                       formatter_class=argparse.RawDescriptionHelpFormatter,
                       description="Distil any lliejax teacher export (reddit_teacher, reddit_student, entropy_sde) "
                       "into a --steps-step student. --distiller trajectory: progressive stages, an n-step teacher "
@@ -160,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
                       "down to --steps (ReDDiT teachers: reddit_student, 16->8->4->2; Entropy-SDE: "
                       "progressive_student on its ODE, T=100 -> a 64-step grid -> 32 -> 16 -> 8 -> 4 for --steps 4). "
                       "--distiller consistency: one consistency_student run in WORKDIR/<steps>step, sampling with "
-                      "--steps steps. Each run is the student config (--config; default chosen from the teacher's "
+                      "--steps steps. --distiller sampler (Entropy-SDE teachers): one sampler_student run in "
+                      "WORKDIR/<steps>step, a --steps-step stochastic sampler trained end to end on the teacher's "
+                      "posterior sampler. Each run is the student config (--config; default chosen from the teacher's "
                       "method and dataset) with the teacher's network and process; the exports run with "
                       "`lliejax enhance` at their own step count.",
                       epilog="examples:\n  lliejax distill --teacher exports/teacher16 --workdir runs/distill "
@@ -168,18 +170,21 @@ def _parser() -> argparse.ArgumentParser:
                       "  lliejax distill --teacher runs/entropy/export --distiller trajectory --steps 4 "
                       "--workdir runs/pd\n"
                       "  lliejax distill --teacher runs/entropy/export --distiller consistency --steps 2 "
-                      "--workdir runs/cd")
+                      "--workdir runs/cd\n"
+                      "  lliejax distill --teacher runs/entropy/export --distiller sampler --steps 4 "
+                      "--workdir runs/sd")
   ds.add_argument("--teacher", required=True, help="the teacher's export directory (reddit_teacher, reddit_student, "
                   "entropy_sde, or a progressive_student export to continue from)")
   ds.add_argument("--workdir", required=True, help="runs train in WORKDIR/<steps>step and export there")
   ds.add_argument("--config", default=None,
                   help="the student config (reddit_student / progressive_student for trajectory, consistency_student "
-                  "for consistency); its teacher, network and grid are set per run. Default: chosen from the "
+                  "for consistency, sampler_student for sampler); its teacher, network and grid are set per run. Default: chosen from the "
                   "teacher (reddit_student:lolv1, progressive_student:lolv1, consistency_student:lolv1_<family>, "
-                  "or their demo variants for a teacher trained on the demo photos)")
-  ds.add_argument("--distiller", default="trajectory", choices=("trajectory", "consistency"),
+                  "sampler_student:lolv1, or their demo variants for a teacher trained on the demo photos)")
+  ds.add_argument("--distiller", default="trajectory", choices=("trajectory", "consistency", "sampler"),
                   help="trajectory: progressive stages with the two-teacher-step target (default); consistency: "
-                  "consistency distillation (Song et al. 2023)")
+                  "consistency distillation (Song et al. 2023); sampler: the student's whole few-step stochastic "
+                  "sampler trained on the teacher's sampler output (Entropy-SDE)")
   ds.add_argument("--steps", type=int, default=2, help="step count of the (last) student (default 2)")
   ds.add_argument("--data-dir", help="TFDS data directory (overrides config.data.data_dir)")
   ds.add_argument("--manual-dir", help="raw dataset folder for LOL builders (overrides config.data.manual_dir)")

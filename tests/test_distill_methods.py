@@ -186,7 +186,8 @@ def teachers(tmp_path_factory):
 def test_configs_and_validation(teachers):
   for name, variants in (("consistency_student", ("lolv1_reddit", "lolv1_entropy_sde", "demo_reddit",
                                                   "demo_entropy_sde", "tiny")),
-                         ("progressive_student", ("lolv1", "demo", "tiny"))):
+                         ("progressive_student", ("lolv1", "demo", "tiny")),
+                         ("sampler_student", ("lolv1", "demo", "tiny"))):
     for variant in variants:
       config = load(name, variant)
       assert config.method == name and config.family in cs.FAMILIES
@@ -204,7 +205,12 @@ def test_configs_and_validation(teachers):
          ("progressive_student", "tiny,process.steps=5", "config.process.steps"),  # 10 > T = 8
          ("progressive_student", "tiny,weighting=snr", "config.distill.weighting"),
          ("progressive_student", "tiny,distill.k=4", "config.distill.k"),
-         ("progressive_student", "tiny,sde.T=0", "config.sde.T")]
+         ("progressive_student", "tiny,sde.T=0", "config.sde.T"),
+         ("sampler_student", "tiny,sampling.steps=9", "config.sampling.steps"),  # T = 8
+         ("sampler_student", "tiny,teacher_steps=0", "config.distill.teacher_steps"),
+         ("sampler_student", "tiny,eta=1.5", "config.sampling.eta"),
+         ("sampler_student", "tiny,metric=lpips", "config.distill.metric"),
+         ("sampler_student", "tiny,w_gt=-1", "config.distill.w_gt")]
   for name, arg, key in bad:
     with pytest.raises(config_utils.ConfigError, match=key.replace(".", r"\.")):
       load(name, arg)
@@ -222,7 +228,11 @@ def test_student_configs_and_teacher_checks(teachers):
   teacher's parameters and freezes them; a student that does not match its teacher is refused."""
   for family, (path, params) in teachers.items():
     tconf = checkpoint.read_export_info(path)["config"]
-    for name in ("consistency_student", "progressive_student"):
+    for name in ("consistency_student", "progressive_student", "sampler_student"):
+      if name == "sampler_student" and family != "entropy_sde":
+        with pytest.raises(config_utils.ConfigError, match="config.family: sampler_student distils"):
+          config_utils.validate_config(cs.student_config(load(name, "tiny"), path))
+        continue
       base = load(name, "tiny")
       config = cs.student_config(base, path)
       config_utils.validate_config(config)
@@ -266,8 +276,11 @@ def test_default_configs_and_routing(teachers, tmp_path):
   assert distill.default_config(ent, "trajectory") == "progressive_student:demo"
   assert distill.default_config(red, "consistency") == "consistency_student:demo_reddit"
   assert distill.default_config(ent, "consistency") == "consistency_student:demo_entropy_sde"
+  assert distill.default_config(ent, "sampler") == "sampler_student:demo"
+  with pytest.raises(ValueError, match="--distiller sampler distils an entropy_sde teacher"):
+    distill.default_config(red, "sampler")
   for spec in ("reddit_student:demo", "progressive_student:demo", "consistency_student:demo_reddit",
-               "consistency_student:demo_entropy_sde"):
+               "consistency_student:demo_entropy_sde", "sampler_student:demo"):
     config_utils.load_config(spec)
   seen = []
 
@@ -290,6 +303,11 @@ def test_default_configs_and_routing(teachers, tmp_path):
   out = distill.run(load("consistency_student", "tiny"), ent, str(tmp_path / "c"), distiller="consistency",
                     steps=3, train_fn=fake_train)
   assert out == [str(tmp_path / "c" / "3step" / "export")] and seen[-1] == ("consistency_student", "entropy_sde", 3)
+  out = distill.run(load("sampler_student", "tiny"), ent, str(tmp_path / "g"), distiller="sampler", steps=3,
+                    train_fn=fake_train)
+  assert out == [str(tmp_path / "g" / "3step" / "export")] and seen[-1] == ("sampler_student", "entropy_sde", 3)
+  with pytest.raises(ValueError, match="--distiller sampler trains sampler_student"):
+    distill.run(load("consistency_student", "tiny"), ent, str(tmp_path / "h"), distiller="sampler")
   with pytest.raises(ValueError, match="--distiller consistency trains consistency_student"):
     distill.run(load("progressive_student", "tiny"), ent, str(tmp_path / "d"), distiller="consistency")
   with pytest.raises(ValueError, match="no student of 5 step"):
@@ -337,7 +355,7 @@ def test_consistency_method_loss_is_the_library_loss(teachers):
 
 # ------------------------------------------------------------------------------------------------ end to end
 CASES = [("reddit", "consistency", "consistency_student", 2), ("entropy_sde", "consistency", "consistency_student", 2),
-         ("entropy_sde", "trajectory", "progressive_student", 4)]
+         ("entropy_sde", "trajectory", "progressive_student", 4), ("entropy_sde", "sampler", "sampler_student", 2)]
 
 
 @pytest.mark.parametrize("family,distiller,name,steps", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
@@ -426,3 +444,86 @@ def test_progressive_x0_parametrisation(teachers):
     np.testing.assert_array_equal(method.teacher_fn(frozen)(x, cond, time), o)  # a base teacher: its own network
   with pytest.raises(config_utils.ConfigError, match="parametrization"):
     config_utils.validate_config(load("progressive_student", "tiny,parametrization=v"))
+
+
+# ------------------------------------------------------------------------------------------------ sampler distillation
+def test_sampler_distillation_loss():
+  """:func:`lliejax.distill.sampler.loss` against a direct transcription: the key split, the shared (or own) initial
+  state, the teacher under ``stop_gradient``, the per-image metric, the ground-truth term; the gradient flows
+  through every step of the student's sampler."""
+  from lliejax.distill import sampler as sd
+  x0, y = images(seed=2)
+  batch = {"x0": x0, "cond": y}
+  key = jax.random.key(7)
+
+  def chain(p, steps):
+    def run(cond, x, k):
+      for kk in jax.random.split(k, steps):
+        x = jnp.tanh(p["a"] * x + p["b"] * cond) + 0.1 * jax.random.normal(kk, x.shape)
+      return x
+    return run
+
+  init = lambda k, cond: cond + 0.5 * jax.random.normal(k, cond.shape)
+  sp, tp = {"a": 0.8, "b": 0.5}, {"a": 0.9, "b": 0.4}
+  for opts in (sd.Options(), sd.Options(metric="l1", w_gt=0.3), sd.Options(shared_init=False)):
+    f = lambda sp, tp: sd.loss(chain(sp, 2), chain(tp, 5), init, batch, key, options=opts)
+    (total, aux), (g_s, g_t) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(sp, tp)
+    k_init, k_t, k_s, k_own = jax.random.split(key, 4)
+    target = chain(tp, 5)(y, init(k_init, y), k_t)
+    out = chain(sp, 2)(y, init(k_init if opts.shared_init else k_own, y), k_s)
+    d = (out - target) ** 2 if opts.metric == "l2" else jnp.abs(out - target)
+    ref = float(jnp.mean(d))  # equal-size images: the batch mean of per-image means
+    np.testing.assert_allclose(float(aux["distill"]), ref, rtol=1e-6)
+    gt = float(jnp.mean(jnp.abs(out - x0))) if opts.w_gt else 0.0
+    np.testing.assert_allclose(float(total), ref + opts.w_gt * gt, rtol=1e-6)
+    np.testing.assert_allclose(float(aux["teacher_gt_mse"]), float(jnp.mean((target - x0) ** 2)), rtol=1e-6)
+    assert all(float(v) == 0.0 for v in g_t.values())  # the teacher is a constant
+    eps = 1e-3  # the student's gradient: central differences through both of its steps
+    for name in sp:
+      hi, lo = dict(sp), dict(sp)
+      hi[name] += eps
+      lo[name] -= eps
+      fd = (float(f(hi, tp)[0]) - float(f(lo, tp)[0])) / (2 * eps)
+      np.testing.assert_allclose(float(g_s[name]), fd, rtol=2e-2, atol=1e-4)
+  with pytest.raises(ValueError, match="metric='lpips'"):
+    sd.Options(metric="lpips")
+
+
+def test_sampler_student_method(teachers):
+  """The ``sampler_student`` method: its teacher sampler with ``teacher_steps`` None is the official posterior sampler
+  of all ``T`` steps; its loss is the library loss with the method's samplers; a student equal to its teacher,
+  both deterministic (``eta = 0``) on the same grid from the shared ``x_T``, has loss 0 exactly."""
+  from lliejax.distill import sampler as sd
+  path, _ = teachers["entropy_sde"]
+  method = methods.build(cs.student_config(load("sampler_student", "tiny,w_gt=0.5"), path))
+  frozen = method.init_frozen(None)
+  rng = np.random.default_rng(6)
+  gt = rng.random((2, 16, 16, 3)).astype(np.float32)
+  batch = {"gt": jnp.asarray(gt), "lq": jnp.asarray(0.2 * gt)}
+  key = jax.random.key(8)
+  x_init = method.sde.init_state(jax.random.key(9), batch["lq"])
+  mine = jax.jit(lambda p: method.teacher_sampler(p)(batch["lq"], x_init, key))(frozen["teacher"])
+  official = jax.jit(lambda p: irsde.sample(method.sde, method.net_fn(p), batch["lq"], key, x_init=x_init,
+                                            mode="posterior"))(frozen["teacher"])
+  np.testing.assert_allclose(np.asarray(mine), np.asarray(official), rtol=1e-5, atol=1e-5)
+  student = jax.tree.map(lambda p: p * 1.02, frozen["teacher"])
+
+  @jax.jit
+  def both(student):
+    ours = method.loss(student, frozen, batch, key, ema={}, step=0)
+    lib = sd.loss(method.student_sampler(student), method.teacher_sampler(frozen["teacher"]), method.sde.init_state,
+                  {"x0": batch["gt"], "cond": batch["lq"]}, jax.random.split(key)[0], options=method.options())
+    return ours, lib
+
+  (total, aux), (lib, lib_aux) = both(student)
+  assert float(aux["gt"]) > 0 and float(aux["distill"]) > 0
+  np.testing.assert_allclose(float(total), float(lib), rtol=1e-6)
+  np.testing.assert_allclose(float(total), float(aux["distill"]) + 0.5 * float(aux["gt"]), rtol=1e-6)
+  same = methods.build(cs.student_config(load("sampler_student", "tiny,eta=0,teacher_eta=0,teacher_steps=2"), path))
+  zero, zero_aux = jax.jit(lambda p: same.loss(p, frozen, batch, key, ema={}, step=0))(frozen["teacher"])
+  assert float(zero) == 0.0 and float(zero_aux["student_gt_mse"]) == pytest.approx(float(zero_aux["teacher_gt_mse"]))
+  grad = jax.jit(jax.grad(lambda p: same.loss(p, frozen, batch, key, ema={}, step=0)[0]))
+  size = lambda g: max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(g))
+  assert size(grad(frozen["teacher"])) < 1e-4 * size(grad(student))  # (0 up to the two programs' rounding)
+  with pytest.raises(ValueError, match="steps must be in 1..8"):
+    method.sample(frozen["teacher"], {}, batch["lq"], key, steps=9)

@@ -12,6 +12,9 @@
   target on any process (the closed-form target of an affine student step), and its stage driver; the
   ``progressive_student`` method (:mod:`lliejax.methods.progressive_student`) trains a stage, for the Entropy-SDE
   teacher in particular.
+* :mod:`~lliejax.distill.sampler`: sampler distillation (Luhman & Luhman 2021): a few-step stochastic student
+  sampler trained, unrolled, on the output of the teacher's many-step sampler; the ``sampler_student`` method
+  (:mod:`lliejax.methods.sampler_student`) trains it from an Entropy-SDE teacher.
 
 :func:`run` is ``lliejax distill``: one teacher export, one distiller, the same command for every teacher
 (:func:`default_config` picks the student config when none is given).
@@ -21,12 +24,13 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from lliejax.distill import consistency, processes, progressive, trajectory
+from lliejax.distill import consistency, processes, progressive, sampler, trajectory
 
-__all__ = ["DISTILLERS", "consistency", "default_config", "processes", "progressive", "run", "trajectory"]
+__all__ = ["DISTILLERS", "consistency", "default_config", "processes", "progressive", "run", "sampler", "trajectory"]
 
 #: ``lliejax distill --distiller``: the student methods each distiller trains.
-DISTILLERS = {"trajectory": ("reddit_student", "progressive_student"), "consistency": ("consistency_student",)}
+DISTILLERS = {"trajectory": ("reddit_student", "progressive_student"), "consistency": ("consistency_student",),
+              "sampler": ("sampler_student",)}
 
 
 def _teacher_info(teacher: str) -> tuple[dict, str]:
@@ -42,7 +46,8 @@ def default_config(teacher: str, distiller: str) -> str:
   ``trajectory``: ``reddit_student`` for a ReDDiT teacher (``reddit_teacher`` / ``reddit_student``; ``lolv1``,
   ``lolv2_real`` or ``lolv2_syn`` by the teacher's dataset), ``progressive_student`` for an Entropy-SDE teacher
   (``entropy_sde`` / ``progressive_student``; ``lolv1`` with the teacher's dataset). ``consistency``:
-  ``consistency_student:lolv1_<family>`` with the teacher's dataset. A teacher trained on the demo photos
+  ``consistency_student:lolv1_<family>`` with the teacher's dataset. ``sampler``: ``sampler_student:lolv1`` with
+  the teacher's dataset (Entropy-SDE teachers only). A teacher trained on the demo photos
   (``data.name = lliejax_demo``) gets the ``demo`` variant (``demo_<family>`` for consistency).
 
   Raises:
@@ -57,6 +62,11 @@ def default_config(teacher: str, distiller: str) -> str:
   if distiller == "consistency":
     return f"consistency_student:{'demo' if demo else 'lolv1'}_{family}" + ("" if demo or not data else
                                                                             f",data.name={data}")
+  if distiller == "sampler":
+    if family != "entropy_sde":
+      raise ValueError(f"{teacher}: --distiller sampler distils an entropy_sde teacher's stochastic sampler; this is a "
+                       f"{family} teacher (use --distiller trajectory or consistency)")
+    return f"sampler_student:{'demo' if demo else 'lolv1'}" + ("" if demo or not data else f",data.name={data}")
   if family == "reddit" and method != "progressive_student":
     variants = {"lliejax_demo": "demo", "lol_v2_real": "lolv2_real", "lol_v2_synthetic": "lolv2_syn"}
     return f"reddit_student:{variants.get(data, 'lolv1')}"
@@ -71,8 +81,9 @@ def run(config, teacher: str, workdir: str, *, distiller: str = "trajectory", st
     ``n -> n/2 -> ... -> steps``);
   * ``trajectory`` with a ``progressive_student`` config: progressive stages on the teacher's process
     (:func:`lliejax.distill.progressive.distill_stages`; Entropy-SDE ``100 -> 64-step grid -> ... -> steps``);
-  * ``consistency`` (a ``consistency_student`` config): one run of the config made for the teacher
-    (:func:`lliejax.methods.consistency_student.student_config`) with ``sampling.steps = steps``.
+  * ``consistency`` (a ``consistency_student`` config) and ``sampler`` (a ``sampler_student`` config): one run of
+    the config made for the teacher (:func:`lliejax.methods.consistency_student.student_config`) with
+    ``sampling.steps = steps``.
 
   Each run trains in ``workdir/<S>step`` (``S``: that student's step count; resuming) and exports there.
 
@@ -80,7 +91,7 @@ def run(config, teacher: str, workdir: str, *, distiller: str = "trajectory", st
     config: the student config (a ConfigDict; :func:`default_config` names one).
     teacher: the teacher's export directory.
     workdir: the runs go under it.
-    distiller: ``trajectory`` or ``consistency`` (:data:`DISTILLERS`).
+    distiller: ``trajectory``, ``consistency`` or ``sampler`` (:data:`DISTILLERS`).
     steps: the step count of the (last) student.
     train_fn: ``(config, workdir) -> anything`` leaving an export in ``workdir/export`` (default
       :func:`lliejax.train.train_and_evaluate`).

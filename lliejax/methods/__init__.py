@@ -17,6 +17,7 @@ _BUILTIN = {"entropy_sde": "lliejax.methods.entropy_sde", "reddit_teacher": "lli
             "reddit_student": "lliejax.methods.reddit_student",
             "consistency_student": "lliejax.methods.consistency_student",
             "progressive_student": "lliejax.methods.progressive_student",
+            "sampler_student": "lliejax.methods.sampler_student",
             "anlightendiff_fs": "lliejax.methods.anlightendiff", "anlightendiff_ts": "lliejax.methods.anlightendiff"}
 _REGISTRY: dict[str, type[Method]] = {}
 

@@ -95,7 +95,7 @@ FAMILIES = {
                           ("entropy_sde",), (0.0, 1.0)),
 }
 #: Distilled students whose exports record their ``family`` (and can teach the next stage).
-STUDENT_METHODS = ("consistency_student", "progressive_student")
+STUDENT_METHODS = ("consistency_student", "progressive_student", "sampler_student")
 #: ``config.model`` keys that do not change the parameters (left out of the teacher/student comparison).
 NON_ARCH_MODEL_KEYS = ("init", "dtype", "remat", "fusion_barriers")
 #: ``distill.entropy.against``.

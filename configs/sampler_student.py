@@ -1,0 +1,89 @@
+"""Sampler-distillation configurations (``--config configs/sampler_student.py:<variant>``, or the packaged
+``sampler_student:<variant>``): method ``sampler_student`` (:mod:`lliejax.methods.sampler_student`), a few-step
+stochastic sampler of an Entropy-SDE teacher trained, unrolled, on the teacher's own many-step sampler
+(:mod:`lliejax.distill.sampler`).
+
+``lliejax distill --teacher EXPORT --distiller sampler --steps N --workdir DIR [--config SPEC]`` makes the config for
+the teacher (:func:`lliejax.methods.consistency_student.student_config`: ``family``, ``model`` and ``sde`` become the
+teacher's, ``distill.teacher`` its path), sets ``sampling.steps = N`` and trains it in ``DIR/<N>step``; without
+``--config`` it picks ``demo`` for a teacher trained on the demo photos, else ``lolv1`` with the teacher's dataset.
+The sections shared with ``progressive_student`` (model, SDE, optimiser, EMA, data) come from
+:mod:`configs.progressive_student`.
+
+Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``demo,steps=300,teacher_steps=25``):
+
+=====================  ===========================================================================================
+``lolv1``              the student of ``entropy_sde:lolv1`` (or a converted released Entropy-SDE checkpoint): the
+                       5-level width-64 ConditionalNAFNet and its SDE (T = 100); targets from the official 100-step
+                       posterior sampler; 5,000 iterations of AdamW 1e-5 from the teacher's weights (0.9 / 0.99,
+                       gradient-norm clip 1), batch 8, 128x128 ``lqgt`` crops, ``ema_pytorch`` 0.995 / 10 exported;
+                       ``model.remat`` (each of the student's unrolled network calls is recomputed in the backward
+                       pass). Not an official configuration (Entropy-SDE has no distillation).
+``demo``               the student of ``entropy_sde:demo`` (width-16 NAFNet, T = 100) on the offline demo photos:
+                       targets from the teacher's 25-step strided posterior sampler (a CPU budget; ``teacher_steps=``
+                       raises it), 1,000 iterations, Adam 2e-4 (``linear``: constant 400, decay over 600), EMA 0.995
+                       from iteration 50, batch 8, 64x64 ``lqgt`` crops.
+``tiny``               tests: the tiny NAFNet of ``entropy_sde:tiny`` (T = 8; a tiny teacher's model and SDE replace
+                       it), a 2-step student of the 8-step posterior sampler, 16x16 crops, 4 iterations.
+=====================  ===========================================================================================
+
+Keys of the method (the rest is the generic training config):
+
+* ``family`` (``entropy_sde`` only), ``model``, ``sde``: the teacher's, set from the export;
+* ``sampling.steps``: the student's step count ``S`` (what it is trained for and samples with by default);
+  ``sampling.eta``: its strided sampler's ``eta`` (1: posterior steps on the coarse grid; 0: deterministic);
+* ``distill.teacher``, ``distill.init_from_teacher``: as ``consistency_student``; ``distill.teacher_steps`` (None:
+  all ``sde.T``, the official posterior sampler with ``teacher_eta = 1``) and ``distill.teacher_eta``: the teacher's
+  sampler, whose output is the target; ``distill.metric``: ``l2`` (the conditional mean of the teacher's samples)
+  | ``l1``; ``distill.w_gt``: a ground-truth term (0: off, the student sees only the teacher);
+  ``distill.shared_init``: the student starts from the teacher's ``x_T`` (default);
+* ``distill.entropy``: the auxiliary spatial-entropy term on the student's sample (``weight`` 0: off; ``against``
+  ``gt`` or ``target``, the teacher's sample).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from lliejax import config_utils
+from lliejax.configs import progressive_student
+
+ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learning_rate",
+           "dataset": "data.name", "manual_dir": "data.manual_dir", "sample_steps": "sampling.steps",
+           "eta": "sampling.eta", "teacher": "distill.teacher", "teacher_steps": "distill.teacher_steps",
+           "teacher_eta": "distill.teacher_eta", "metric": "distill.metric", "w_gt": "distill.w_gt",
+           "entropy_weight": "distill.entropy.weight"}
+VARIANTS = ("lolv1", "demo", "tiny")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """``arg`` = ``<variant>[,key=value...]``; default ``lolv1``."""
+  variant, overrides = config_utils.parse_arg(arg, "lolv1", VARIANTS, name="sampler_student")
+  c = progressive_student.get_config(variant)
+  c.method = "sampler_student"
+  del c.process
+  c.sampling.steps = 4
+  c.sampling.eta = 1.0
+  del c.sampling.pad
+  entropy = c.distill.entropy
+  c.distill = di = ml_collections.ConfigDict()
+  di.teacher = ""
+  di.init_from_teacher = True
+  di.teacher_steps = ml_collections.config_dict.placeholder(int)  # None: all sde.T (the official posterior)
+  di.teacher_eta = 1.0
+  di.metric = "l2"
+  di.w_gt = 0.0
+  di.shared_init = True
+  di.entropy = entropy
+  c.eval_sampler = "strided"
+  c.test_sampler = "strided"
+  if variant == "lolv1":
+    c.model.remat = True
+  if variant == "demo":
+    di.teacher_steps = 25
+    c.num_train_steps = 1000
+    c.optim.constant_steps = 400
+    c.optim.decay_steps = 600
+  if variant == "tiny":
+    c.sampling.steps = 2
+  config_utils.apply_overrides(c, overrides, ALIASES)
+  return c
