@@ -1,11 +1,11 @@
 """Sampler-distillation configurations (``--config configs/sampler_student.py:<variant>``, or the packaged
 ``sampler_student:<variant>``): method ``sampler_student`` (:mod:`lliejax.methods.sampler_student`), a few-step
-stochastic sampler of an Entropy-SDE teacher trained, unrolled, on the teacher's own many-step sampler
-(:mod:`lliejax.distill.sampler`).
+sampler of a teacher (Entropy-SDE: stochastic strided posterior steps; ReDDiT: strided DDIM) trained, unrolled, on
+the teacher's own many-step sampler (:mod:`lliejax.distill.sampler`).
 
 ``lliejax distill --teacher EXPORT --distiller sampler --steps N --workdir DIR [--config SPEC]`` makes the config for
-the teacher (:func:`lliejax.methods.consistency_student.student_config`: ``family``, ``model`` and ``sde`` become the
-teacher's, ``distill.teacher`` its path), sets ``sampling.steps = N`` and trains it in ``DIR/<N>step``; without
+the teacher (:func:`lliejax.methods.consistency_student.student_config`: ``family``, ``model`` and ``sde`` (or ReDDiT's
+``diffusion``) become the teacher's, ``distill.teacher`` its path), sets ``sampling.steps = N`` and trains it in ``DIR/<N>step``; without
 ``--config`` it picks ``demo`` for a teacher trained on the demo photos, else ``lolv1`` with the teacher's dataset.
 The sections shared with ``progressive_student`` (model, SDE, optimiser, EMA, data) come from
 :mod:`configs.progressive_student`.
@@ -29,12 +29,13 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``demo
 
 Keys of the method (the rest is the generic training config):
 
-* ``family`` (``entropy_sde`` only), ``model``, ``sde``: the teacher's, set from the export;
-* ``sampling.steps``: the student's step count ``S`` (what it is trained for and samples with by default);
-  ``sampling.eta``: its strided sampler's ``eta`` (1: posterior steps on the coarse grid; 0: deterministic);
+* ``family``, ``model``, ``sde`` / ``diffusion``: the teacher's, set from the export;
+* ``sampling.steps``: the student's step count ``S`` (what it is trained for and samples with by default; ReDDiT: a
+  divisor of ``diffusion.num_timesteps``); ``sampling.eta``: the SDE's strided sampler's ``eta`` (1: posterior steps
+  on the coarse grid; 0: deterministic; ReDDiT's DDIM is deterministic); ``sampling.pad``: ReDDiT's reflect padding;
 * ``distill.teacher``, ``distill.init_from_teacher``: as ``consistency_student``; ``distill.teacher_steps`` (None:
-  all ``sde.T``, the official posterior sampler with ``teacher_eta = 1``) and ``distill.teacher_eta``: the teacher's
-  sampler, whose output is the target; ``distill.metric``: ``l2`` (the conditional mean of the teacher's samples)
+  all ``sde.T``, the official posterior sampler with ``teacher_eta = 1``; ReDDiT: all ``num_timesteps`` DDIM steps)
+  and ``distill.teacher_eta``: the teacher's sampler, whose output is the target; ``distill.metric``: ``l2`` (the conditional mean of the teacher's samples)
   | ``l1``; ``distill.w_gt``: a ground-truth term (0: off, the student sees only the teacher);
   ``distill.shared_init``: the student starts from the teacher's ``x_T`` (default);
 * ``distill.entropy``: the auxiliary spatial-entropy term on the student's sample (``weight`` 0: off; ``against``
@@ -63,7 +64,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del c.process
   c.sampling.steps = 4
   c.sampling.eta = 1.0
-  del c.sampling.pad
   entropy = c.distill.entropy
   c.distill = di = ml_collections.ConfigDict()
   di.teacher = ""

@@ -12,6 +12,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
 from lliejax import checkpoint, config_utils, distill, inference, methods, optim, parallel
@@ -229,10 +230,6 @@ def test_student_configs_and_teacher_checks(teachers):
   for family, (path, params) in teachers.items():
     tconf = checkpoint.read_export_info(path)["config"]
     for name in ("consistency_student", "progressive_student", "sampler_student"):
-      if name == "sampler_student" and family != "entropy_sde":
-        with pytest.raises(config_utils.ConfigError, match="config.family: sampler_student distils"):
-          config_utils.validate_config(cs.student_config(load(name, "tiny"), path))
-        continue
       base = load(name, "tiny")
       config = cs.student_config(base, path)
       config_utils.validate_config(config)
@@ -276,9 +273,7 @@ def test_default_configs_and_routing(teachers, tmp_path):
   assert distill.default_config(ent, "trajectory") == "progressive_student:demo"
   assert distill.default_config(red, "consistency") == "consistency_student:demo_reddit"
   assert distill.default_config(ent, "consistency") == "consistency_student:demo_entropy_sde"
-  assert distill.default_config(ent, "sampler") == "sampler_student:demo"
-  with pytest.raises(ValueError, match="--distiller sampler distils an entropy_sde teacher"):
-    distill.default_config(red, "sampler")
+  assert distill.default_config(ent, "sampler") == distill.default_config(red, "sampler") == "sampler_student:demo"
   for spec in ("reddit_student:demo", "progressive_student:demo", "consistency_student:demo_reddit",
                "consistency_student:demo_entropy_sde", "sampler_student:demo"):
     config_utils.load_config(spec)
@@ -355,7 +350,8 @@ def test_consistency_method_loss_is_the_library_loss(teachers):
 
 # ------------------------------------------------------------------------------------------------ end to end
 CASES = [("reddit", "consistency", "consistency_student", 2), ("entropy_sde", "consistency", "consistency_student", 2),
-         ("entropy_sde", "trajectory", "progressive_student", 4), ("entropy_sde", "sampler", "sampler_student", 2)]
+         ("entropy_sde", "trajectory", "progressive_student", 4), ("entropy_sde", "sampler", "sampler_student", 2),
+         ("reddit", "sampler", "sampler_student", 2)]
 
 
 @pytest.mark.parametrize("family,distiller,name,steps", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
@@ -490,7 +486,7 @@ def test_sampler_distillation_loss():
 
 
 def test_sampler_student_method(teachers):
-  """The ``sampler_student`` method: its teacher sampler with ``teacher_steps`` None is the official posterior sampler
+  """The ``sampler_student`` method (Entropy-SDE, then ReDDiT): its teacher sampler with ``teacher_steps`` None is the official posterior sampler
   of all ``T`` steps; its loss is the library loss with the method's samplers; a student equal to its teacher,
   both deterministic (``eta = 0``) on the same grid from the shared ``x_T``, has loss 0 exactly."""
   from lliejax.distill import sampler as sd
@@ -501,9 +497,9 @@ def test_sampler_student_method(teachers):
   gt = rng.random((2, 16, 16, 3)).astype(np.float32)
   batch = {"gt": jnp.asarray(gt), "lq": jnp.asarray(0.2 * gt)}
   key = jax.random.key(8)
-  x_init = method.sde.init_state(jax.random.key(9), batch["lq"])
+  x_init = method.base.sde.init_state(jax.random.key(9), batch["lq"])
   mine = jax.jit(lambda p: method.teacher_sampler(p)(batch["lq"], x_init, key))(frozen["teacher"])
-  official = jax.jit(lambda p: irsde.sample(method.sde, method.net_fn(p), batch["lq"], key, x_init=x_init,
+  official = jax.jit(lambda p: irsde.sample(method.base.sde, method.net_fn(p), batch["lq"], key, x_init=x_init,
                                             mode="posterior"))(frozen["teacher"])
   np.testing.assert_allclose(np.asarray(mine), np.asarray(official), rtol=1e-5, atol=1e-5)
   student = jax.tree.map(lambda p: p * 1.02, frozen["teacher"])
@@ -511,8 +507,8 @@ def test_sampler_student_method(teachers):
   @jax.jit
   def both(student):
     ours = method.loss(student, frozen, batch, key, ema={}, step=0)
-    lib = sd.loss(method.student_sampler(student), method.teacher_sampler(frozen["teacher"]), method.sde.init_state,
-                  {"x0": batch["gt"], "cond": batch["lq"]}, jax.random.split(key)[0], options=method.options())
+    lib = sd.loss(method.student_sampler(student), method.teacher_sampler(frozen["teacher"]),
+                  method.base.sde.init_state, {"x0": batch["gt"], "cond": batch["lq"]}, jax.random.split(key)[0], options=method.options())
     return ours, lib
 
   (total, aux), (lib, lib_aux) = both(student)
@@ -527,3 +523,24 @@ def test_sampler_student_method(teachers):
   assert size(grad(frozen["teacher"])) < 1e-4 * size(grad(student))  # (0 up to the two programs' rounding)
   with pytest.raises(ValueError, match="steps must be in 1..8"):
     method.sample(frozen["teacher"], {}, batch["lq"], key, steps=9)
+
+  # ReDDiT's family: the target is the teacher's own DDIM sample (its 4 steps of the 4 x 4 tiny grid, from N(0, I) in
+  # [-1, 1]); the student's 2-step DDIM with the teacher's weights is the teacher at stride 2 (the same program as
+  # the teacher method's sampler).
+  rpath, _ = teachers["reddit"]
+  red = methods.build(cs.student_config(load("sampler_student", "tiny"), rpath))
+  teacher = methods.build(ml_collections.ConfigDict(checkpoint.read_export_info(rpath)["config"]))
+  rfrozen = red.init_frozen(None)
+  mine = jax.jit(lambda p: red.sample(p, {}, batch["lq"], key))(rfrozen["teacher"])
+  theirs = jax.jit(lambda p: teacher.sample(p, {}, batch["lq"], key, steps=2))(rfrozen["teacher"])
+  np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), rtol=1e-6, atol=1e-6)
+  x_init = red.init_state(jax.random.key(9), batch["lq"])
+  target = jax.jit(lambda p: red.teacher_sampler(p)(batch["lq"] * 2 - 1, x_init, key))(rfrozen["teacher"])
+  full = jax.jit(lambda p: rd.ddim_sample(red.base.schedule, red.net_fn(p), batch["lq"] * 2 - 1, None, stride=1,
+                                          x_init=x_init))(rfrozen["teacher"])
+  np.testing.assert_array_equal(np.asarray(target), np.asarray(full))
+  same = methods.build(cs.student_config(load("sampler_student", "tiny,teacher_steps=2"), rpath))
+  zero, _ = jax.jit(lambda p: same.loss(p, rfrozen, batch, key, ema={}, step=0))(rfrozen["teacher"])
+  assert float(zero) < 1e-12  # 0 up to the two scans' float rounding (differences ~1e-8 on values of ~1)
+  with pytest.raises(config_utils.ConfigError, match="must divide diffusion.num_timesteps=4"):
+    config_utils.validate_config(cs.student_config(load("sampler_student", "tiny,sampling.steps=3"), rpath))

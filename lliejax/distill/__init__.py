@@ -14,7 +14,7 @@
   teacher in particular.
 * :mod:`~lliejax.distill.sampler`: sampler distillation (Luhman & Luhman 2021): a few-step stochastic student
   sampler trained, unrolled, on the output of the teacher's many-step sampler; the ``sampler_student`` method
-  (:mod:`lliejax.methods.sampler_student`) trains it from an Entropy-SDE teacher.
+  (:mod:`lliejax.methods.sampler_student`) trains it from any teacher export.
 
 :func:`run` is ``lliejax distill``: one teacher export, one distiller, the same command for every teacher
 (:func:`default_config` picks the student config when none is given).
@@ -47,7 +47,7 @@ def default_config(teacher: str, distiller: str) -> str:
   ``lolv2_real`` or ``lolv2_syn`` by the teacher's dataset), ``progressive_student`` for an Entropy-SDE teacher
   (``entropy_sde`` / ``progressive_student``; ``lolv1`` with the teacher's dataset). ``consistency``:
   ``consistency_student:lolv1_<family>`` with the teacher's dataset. ``sampler``: ``sampler_student:lolv1`` with
-  the teacher's dataset (Entropy-SDE teachers only). A teacher trained on the demo photos
+  the teacher's dataset. A teacher trained on the demo photos
   (``data.name = lliejax_demo``) gets the ``demo`` variant (``demo_<family>`` for consistency).
 
   Raises:
@@ -63,9 +63,6 @@ def default_config(teacher: str, distiller: str) -> str:
     return f"consistency_student:{'demo' if demo else 'lolv1'}_{family}" + ("" if demo or not data else
                                                                             f",data.name={data}")
   if distiller == "sampler":
-    if family != "entropy_sde":
-      raise ValueError(f"{teacher}: --distiller sampler distils an entropy_sde teacher's stochastic sampler; this is a "
-                       f"{family} teacher (use --distiller trajectory or consistency)")
     return f"sampler_student:{'demo' if demo else 'lolv1'}" + ("" if demo or not data else f",data.name={data}")
   if family == "reddit" and method != "progressive_student":
     variants = {"lliejax_demo": "demo", "lol_v2_real": "lolv2_real", "lol_v2_synthetic": "lolv2_syn"}
