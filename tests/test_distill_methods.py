@@ -523,6 +523,11 @@ def test_sampler_student_method(teachers):
   assert size(grad(frozen["teacher"])) < 1e-4 * size(grad(student))  # (0 up to the two programs' rounding)
   with pytest.raises(ValueError, match="steps must be in 1..8"):
     method.sample(frozen["teacher"], {}, batch["lq"], key, steps=9)
+  ent = methods.build(cs.student_config(load("sampler_student", "tiny,entropy_weight=0.5,distill.entropy.bins=8"),
+                                        path))
+  total, aux = jax.jit(lambda p: ent.loss(p, frozen, batch, key, ema={}, step=0))(student)
+  assert float(aux["entropy"]) > 0  # the term on the student's sample, added to the distillation loss
+  np.testing.assert_allclose(float(total), float(aux["distill"]) + float(aux["entropy"]), rtol=1e-6)
 
   # ReDDiT's family: the target is the teacher's own DDIM sample (its 4 steps of the 4 x 4 tiny grid, from N(0, I) in
   # [-1, 1]); the student's 2-step DDIM with the teacher's weights is the teacher at stride 2 (the same program as

@@ -341,6 +341,14 @@ class DistilledStudent(Method):
     against = gt if self.config.distill.entropy.get("against", "gt") == "gt" else self.from_process(target)
     return self._entropy(self.from_process(estimate), jax.lax.stop_gradient(against), key, step=step)
 
+  def with_entropy(self, total, aux, estimate, target, gt, key, step):
+    """``(total + entropy term, aux + {'entropy': term})``, or ``(total, aux)`` unchanged when the term is off
+    (:meth:`entropy_term`'s arguments)."""
+    ent = self.entropy_term(estimate, target, gt, key, step)
+    if ent is None:
+      return total, aux
+    return total + ent, {**aux, "entropy": ent}
+
 
 # ------------------------------------------------------------------------------------------------ CD student
 @methods.register
@@ -446,11 +454,7 @@ class ConsistencyStudent(DistilledStudent):
     total = jnp.mean(lam * dist)
     aux = {"consistency": jnp.mean(dist), "n": jnp.mean(d.n.astype(jnp.float32)),
            "teacher_step": jnp.mean(jnp.square(x_hat - x_next))}
-    ent = self.entropy_term(f_student, f_target, batch["gt"], k_ent, step)
-    if ent is not None:
-      total = total + ent
-      aux["entropy"] = ent
-    return total, aux
+    return self.with_entropy(total, aux, f_student, f_target, batch["gt"], k_ent, step)
 
   def sample(self, params, frozen, lq, key, *, sampler=None, steps=None):
     """Multistep consistency sampling with ``steps`` (default ``sampling.steps``) steps, in [0, 1]."""

@@ -128,11 +128,8 @@ class SamplerStudent(cs.DistilledStudent):
       return out
 
     total, aux = sd.loss(student, teacher, self.init_state, data, k_sd, options=self.options())
-    ent = self.entropy_term(outputs["student"], jax.lax.stop_gradient(outputs["teacher"]), batch["gt"], k_ent, step)
-    if ent is not None:
-      total = total + ent
-      aux["entropy"] = ent
-    return total, aux
+    return self.with_entropy(total, aux, outputs["student"], jax.lax.stop_gradient(outputs["teacher"]), batch["gt"],
+                             k_ent, step)
 
   def sample(self, params, frozen, lq, key, *, sampler=None, steps=None):
     """The student's sampler (``steps`` default ``sampling.steps``; SDE: ``eta`` = ``sampling.eta``), in [0, 1]."""
