@@ -24,7 +24,8 @@ def test_registry():
   assert methods.get("entropy_sde").name == "entropy_sde"
   assert isinstance(methods.build(entropy_config("tiny")), methods.get("entropy_sde"))
   with pytest.raises(ValueError, match=r"unknown method 'nope'; known methods: anlightendiff_fs, anlightendiff_ts, "
-                     r"consistency_student, entropy_sde, progressive_student, reddit_student, reddit_teacher, test_ddpm"):
+                     r"consistency_student, entropy_sde, progressive_student, reddit_student, reddit_teacher, "
+                     r"sampler_student, test_ddpm"):
     methods.get("nope")
 
   class Other(methods.Method):
