@@ -4,9 +4,10 @@ sampler of a teacher (Entropy-SDE: stochastic strided posterior steps; ReDDiT: s
 the teacher's own many-step sampler (:mod:`lliejax.distill.sampler`).
 
 ``lliejax distill --teacher EXPORT --distiller sampler --steps N --workdir DIR [--config SPEC]`` makes the config for
-the teacher (:func:`lliejax.methods.consistency_student.student_config`: ``family``, ``model`` and ``sde`` (or ReDDiT's
-``diffusion``) become the teacher's, ``distill.teacher`` its path), sets ``sampling.steps = N`` and trains it in ``DIR/<N>step``; without
-``--config`` it picks ``demo`` for a teacher trained on the demo photos, else ``lolv1`` with the teacher's dataset.
+the teacher (:func:`lliejax.methods.consistency_student.student_config`: ``family``, ``model`` and ``sde`` (or
+ReDDiT's ``diffusion``) become the teacher's, ``distill.teacher`` its path), sets ``sampling.steps = N`` and trains
+it in ``DIR/<N>step``; without ``--config`` it picks ``demo`` for a teacher trained on the demo photos, else
+``lolv1`` with the teacher's dataset.
 The sections shared with ``progressive_student`` (model, SDE, optimiser, EMA, data) come from
 :mod:`configs.progressive_student`.
 
@@ -35,8 +36,8 @@ Keys of the method (the rest is the generic training config):
   on the coarse grid; 0: deterministic; ReDDiT's DDIM is deterministic); ``sampling.pad``: ReDDiT's reflect padding;
 * ``distill.teacher``, ``distill.init_from_teacher``: as ``consistency_student``; ``distill.teacher_steps`` (None:
   all ``sde.T``, the official posterior sampler with ``teacher_eta = 1``; ReDDiT: all ``num_timesteps`` DDIM steps)
-  and ``distill.teacher_eta``: the teacher's sampler, whose output is the target; ``distill.metric``: ``l2`` (the conditional mean of the teacher's samples)
-  | ``l1``; ``distill.w_gt``: a ground-truth term (0: off, the student sees only the teacher);
+  and ``distill.teacher_eta``: the teacher's sampler, whose output is the target; ``distill.metric``: ``l2`` (the
+  conditional mean of the teacher's samples) | ``l1``; ``distill.w_gt``: a ground-truth term (0: off, the student sees only the teacher);
   ``distill.shared_init``: the student starts from the teacher's ``x_T`` (default);
 * ``distill.entropy``: the auxiliary spatial-entropy term on the student's sample (``weight`` 0: off; ``against``
   ``gt`` or ``target``, the teacher's sample).

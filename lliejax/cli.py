@@ -178,9 +178,10 @@ def _parser() -> argparse.ArgumentParser:
   ds.add_argument("--workdir", required=True, help="runs train in WORKDIR/<steps>step and export there")
   ds.add_argument("--config", default=None,
                   help="the student config (reddit_student / progressive_student for trajectory, consistency_student "
-                  "for consistency, sampler_student for sampler); its teacher, network and grid are set per run. Default: chosen from the "
-                  "teacher (reddit_student:lolv1, progressive_student:lolv1, consistency_student:lolv1_<family>, "
-                  "sampler_student:lolv1, or their demo variants for a teacher trained on the demo photos)")
+                  "for consistency, sampler_student for sampler); its teacher, network and grid are set per run. "
+                  "Default: chosen from the teacher (reddit_student:lolv1, progressive_student:lolv1, "
+                  "consistency_student:lolv1_<family>, sampler_student:lolv1, or their demo variants for a teacher "
+                  "trained on the demo photos)")
   ds.add_argument("--distiller", default="trajectory", choices=("trajectory", "consistency", "sampler"),
                   help="trajectory: progressive stages with the two-teacher-step target (default); consistency: "
                   "consistency distillation (Song et al. 2023); sampler: the student's whole few-step stochastic "

@@ -486,9 +486,10 @@ def test_sampler_distillation_loss():
 
 
 def test_sampler_student_method(teachers):
-  """The ``sampler_student`` method (Entropy-SDE, then ReDDiT): its teacher sampler with ``teacher_steps`` None is the official posterior sampler
-  of all ``T`` steps; its loss is the library loss with the method's samplers; a student equal to its teacher,
-  both deterministic (``eta = 0``) on the same grid from the shared ``x_T``, has loss 0 exactly."""
+  """The ``sampler_student`` method (Entropy-SDE, then ReDDiT): its teacher sampler with ``teacher_steps`` None is
+  the official posterior sampler of all ``T`` steps (ReDDiT: the teacher's own DDIM); its loss is the library loss
+  with the method's samplers, plus the entropy term when on; a student equal to its teacher, both deterministic
+  (``eta = 0``) on the same grid from the shared ``x_T``, has loss 0 and no gradient."""
   from lliejax.distill import sampler as sd
   path, _ = teachers["entropy_sde"]
   method = methods.build(cs.student_config(load("sampler_student", "tiny,w_gt=0.5"), path))
@@ -508,7 +509,8 @@ def test_sampler_student_method(teachers):
   def both(student):
     ours = method.loss(student, frozen, batch, key, ema={}, step=0)
     lib = sd.loss(method.student_sampler(student), method.teacher_sampler(frozen["teacher"]),
-                  method.base.sde.init_state, {"x0": batch["gt"], "cond": batch["lq"]}, jax.random.split(key)[0], options=method.options())
+                  method.base.sde.init_state, {"x0": batch["gt"], "cond": batch["lq"]}, jax.random.split(key)[0],
+                  options=method.options())
     return ours, lib
 
   (total, aux), (lib, lib_aux) = both(student)
