@@ -37,7 +37,8 @@ Keys of the method (the rest is the generic training config):
 * ``distill.teacher``, ``distill.init_from_teacher``: as ``consistency_student``; ``distill.teacher_steps`` (None:
   all ``sde.T``, the official posterior sampler with ``teacher_eta = 1``; ReDDiT: all ``num_timesteps`` DDIM steps)
   and ``distill.teacher_eta``: the teacher's sampler, whose output is the target; ``distill.metric``: ``l2`` (the
-  conditional mean of the teacher's samples) | ``l1``; ``distill.w_gt``: a ground-truth term (0: off, the student sees only the teacher);
+  conditional mean of the teacher's samples) | ``l1``; ``distill.w_gt``: a ground-truth term (0: off, the student
+  sees only the teacher);
   ``distill.shared_init``: the student starts from the teacher's ``x_T`` (default);
 * ``distill.entropy``: the auxiliary spatial-entropy term on the student's sample (``weight`` 0: off; ``against``
   ``gt`` or ``target``, the teacher's sample).
