@@ -24,6 +24,9 @@ Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``demo
                        targets from the teacher's 25-step strided posterior sampler (a CPU budget; ``teacher_steps=``
                        raises it), 1,000 iterations, Adam 2e-4 (``linear``: constant 400, decay over 600), EMA 0.995
                        from iteration 50, batch 8, 64x64 ``lqgt`` crops.
+``demo_reddit``        the student of ``reddit_teacher:demo`` on the demo photos: 2 steps, targets from the teacher's
+                       16-step DDIM, 500 iterations at batch 4 (the teacher's 16 UNet calls per iteration), Adam 2e-4
+                       (``linear``: constant 200, decay over 300), EMA 0.995 from iteration 50, 64x64 ``lqgt`` crops.
 ``tiny``               tests: the tiny NAFNet of ``entropy_sde:tiny`` (T = 8; a tiny teacher's model and SDE replace
                        it), a 2-step student of the 8-step posterior sampler, 16x16 crops, 4 iterations.
 =====================  ===========================================================================================
@@ -55,13 +58,13 @@ ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learn
            "eta": "sampling.eta", "teacher": "distill.teacher", "teacher_steps": "distill.teacher_steps",
            "teacher_eta": "distill.teacher_eta", "metric": "distill.metric", "w_gt": "distill.w_gt",
            "entropy_weight": "distill.entropy.weight"}
-VARIANTS = ("lolv1", "demo", "tiny")
+VARIANTS = ("lolv1", "demo", "demo_reddit", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg`` = ``<variant>[,key=value...]``; default ``lolv1``."""
   variant, overrides = config_utils.parse_arg(arg, "lolv1", VARIANTS, name="sampler_student")
-  c = progressive_student.get_config(variant)
+  c = progressive_student.get_config("demo" if variant == "demo_reddit" else variant)
   c.method = "sampler_student"
   del c.process
   c.sampling.steps = 4
@@ -82,9 +85,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.remat = True
   if variant == "demo":
     di.teacher_steps = 25
+  if variant in ("demo", "demo_reddit"):
     c.num_train_steps = 1000
     c.optim.constant_steps = 400
     c.optim.decay_steps = 600
+  if variant == "demo_reddit":  # the teacher's 16 DDIM calls per iteration: half the batch, half the iterations
+    c.sampling.steps = 2
+    c.batch_size = 4
+    c.num_train_steps = 500
+    c.optim.constant_steps = 200
+    c.optim.decay_steps = 300
   if variant == "tiny":
     c.sampling.steps = 2
   config_utils.apply_overrides(c, overrides, ALIASES)

@@ -188,7 +188,7 @@ def test_configs_and_validation(teachers):
   for name, variants in (("consistency_student", ("lolv1_reddit", "lolv1_entropy_sde", "demo_reddit",
                                                   "demo_entropy_sde", "tiny")),
                          ("progressive_student", ("lolv1", "demo", "tiny")),
-                         ("sampler_student", ("lolv1", "demo", "tiny"))):
+                         ("sampler_student", ("lolv1", "demo", "demo_reddit", "tiny"))):
     for variant in variants:
       config = load(name, variant)
       assert config.method == name and config.family in cs.FAMILIES
@@ -273,9 +273,10 @@ def test_default_configs_and_routing(teachers, tmp_path):
   assert distill.default_config(ent, "trajectory") == "progressive_student:demo"
   assert distill.default_config(red, "consistency") == "consistency_student:demo_reddit"
   assert distill.default_config(ent, "consistency") == "consistency_student:demo_entropy_sde"
-  assert distill.default_config(ent, "sampler") == distill.default_config(red, "sampler") == "sampler_student:demo"
+  assert distill.default_config(ent, "sampler") == "sampler_student:demo"
+  assert distill.default_config(red, "sampler") == "sampler_student:demo_reddit"
   for spec in ("reddit_student:demo", "progressive_student:demo", "consistency_student:demo_reddit",
-               "consistency_student:demo_entropy_sde", "sampler_student:demo"):
+               "consistency_student:demo_entropy_sde", "sampler_student:demo", "sampler_student:demo_reddit"):
     config_utils.load_config(spec)
   seen = []
 
@@ -519,7 +520,9 @@ def test_sampler_student_method(teachers):
   np.testing.assert_allclose(float(total), float(aux["distill"]) + 0.5 * float(aux["gt"]), rtol=1e-6)
   same = methods.build(cs.student_config(load("sampler_student", "tiny,eta=0,teacher_eta=0,teacher_steps=2"), path))
   zero, zero_aux = jax.jit(lambda p: same.loss(p, frozen, batch, key, ema={}, step=0))(frozen["teacher"])
-  assert float(zero) == 0.0 and float(zero_aux["student_gt_mse"]) == pytest.approx(float(zero_aux["teacher_gt_mse"]))
+  # 0 up to float rounding: the student's steps are unrolled, the teacher's scanned (the same operations)
+  assert float(zero) < 1e-9
+  assert float(zero_aux["student_gt_mse"]) == pytest.approx(float(zero_aux["teacher_gt_mse"]), rel=1e-5)
   grad = jax.jit(jax.grad(lambda p: same.loss(p, frozen, batch, key, ema={}, step=0)[0]))
   size = lambda g: max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(g))
   assert size(grad(frozen["teacher"])) < 1e-4 * size(grad(student))  # (0 up to the two programs' rounding)

@@ -288,7 +288,8 @@ def strided_times(T: int, steps: int) -> np.ndarray:
   return np.round(np.linspace(0, T, int(steps) + 1)).astype(np.int64)
 
 
-def sample_strided(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, steps: int, eta: float = 1.0, x_init=None):
+def sample_strided(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, steps: int, eta: float = 1.0, x_init=None,
+                   unroll: int | bool = 1):
   """``steps`` reverse steps on the grid :func:`strided_times` (``T = t_S > ... > t_0 = 0``): the DDIM family of the
   mean-reverting SDE (not in the official code; lliejax's few-step sampler for any Entropy-SDE / IR-SDE model).
 
@@ -313,6 +314,8 @@ def sample_strided(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, steps: int, eta: f
     sde, noise_fn, mu, key, x_init: as :func:`sample`.
     steps: the number of network calls (``1..T``).
     eta: 0 (deterministic) .. 1 (posterior).
+    unroll: ``lax.scan``'s ``unroll`` (``True``: straight-line code, the same values; for differentiating through
+      the sampler, see :func:`lliejax.diffusion.reddit.ddim_sample`).
 
   Returns:
     The final state (unclamped). Traceable (one ``lax.scan``).
@@ -338,5 +341,5 @@ def sample_strided(sde: IRSDE, noise_fn: NoiseFn, mu, key, *, steps: int, eta: f
     nxt = mu + (x0 - mu) * row["decay"] + row["direct"] * eps + row["noise"] * jax.random.normal(k, x.shape, x.dtype)
     return jnp.where(row["last"], x0, nxt), None
 
-  x, _ = jax.lax.scan(step, x, (table, jax.random.split(kloop, len(hi))))
+  x, _ = jax.lax.scan(step, x, (table, jax.random.split(kloop, len(hi))), unroll=unroll)
   return x

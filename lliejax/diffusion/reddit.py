@@ -180,7 +180,8 @@ def ddim_tables(sched: Schedule, stride: int = 1) -> dict[str, np.ndarray]:
 
 
 def ddim_sample(sched: Schedule, eps_fn: EpsFn, cond: jax.Array, key: jax.Array | None = None, *, stride: int = 1,
-                clip_x0: bool = True, x_init: jax.Array | None = None, return_intermediates: bool = False):
+                clip_x0: bool = True, x_init: jax.Array | None = None, return_intermediates: bool = False,
+                unroll: int | bool = 1):
   """``GaussianDiffusion.ddim`` in one ``lax.scan`` (traceable; jit the caller). Batched for any batch size.
 
   From ``x ~ N(0, I)`` (of ``cond``'s shape), for each step ``tau`` of :func:`ddim_taus`
@@ -203,6 +204,9 @@ def ddim_sample(sched: Schedule, eps_fn: EpsFn, cond: jax.Array, key: jax.Array 
     clip_x0: the official ``clip_denoised=True``.
     x_init: initial state instead of ``N(0, I)``.
     return_intermediates: also return every state (steps, ...).
+    unroll: ``lax.scan``'s ``unroll`` (``True``: straight-line code, the same values). Differentiating through the
+      sampler (sampler distillation) wants it: reverse mode through the scanned UNet was 20x slower on XLA:CPU
+      (2-step demo UNet at batch 4: 12.6 s against 0.64 s unrolled).
   """
   if x_init is None:
     if key is None:
@@ -222,6 +226,6 @@ def ddim_sample(sched: Schedule, eps_fn: EpsFn, cond: jax.Array, key: jax.Array 
     x = r["sqrt_b"] * x0 + r["sqrt_1m_b"] * eps
     return x, (x if return_intermediates else None)
 
-  x, states = jax.lax.scan(step, x, rows)
+  x, states = jax.lax.scan(step, x, rows, unroll=unroll)
   out = jnp.clip(x, min=-1.0, max=1.0)
   return (out, states) if return_intermediates else out

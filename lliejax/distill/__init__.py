@@ -47,7 +47,7 @@ def default_config(teacher: str, distiller: str) -> str:
   ``lolv2_real`` or ``lolv2_syn`` by the teacher's dataset), ``progressive_student`` for an Entropy-SDE teacher
   (``entropy_sde`` / ``progressive_student``; ``lolv1`` with the teacher's dataset). ``consistency``:
   ``consistency_student:lolv1_<family>`` with the teacher's dataset. ``sampler``: ``sampler_student:lolv1`` with
-  the teacher's dataset. A teacher trained on the demo photos
+  the teacher's dataset (``demo`` / ``demo_reddit`` for demo teachers). A teacher trained on the demo photos
   (``data.name = lliejax_demo``) gets the ``demo`` variant (``demo_<family>`` for consistency).
 
   Raises:
@@ -63,7 +63,8 @@ def default_config(teacher: str, distiller: str) -> str:
     return f"consistency_student:{'demo' if demo else 'lolv1'}_{family}" + ("" if demo or not data else
                                                                             f",data.name={data}")
   if distiller == "sampler":
-    return f"sampler_student:{'demo' if demo else 'lolv1'}" + ("" if demo or not data else f",data.name={data}")
+    variant = ("demo_reddit" if family == "reddit" else "demo") if demo else "lolv1"
+    return f"sampler_student:{variant}" + ("" if demo or not data else f",data.name={data}")
   if family == "reddit" and method != "progressive_student":
     variants = {"lliejax_demo": "demo", "lol_v2_real": "lolv2_real", "lol_v2_synthetic": "lolv2_syn"}
     return f"reddit_student:{variants.get(data, 'lolv1')}"

@@ -22,7 +22,8 @@ family             the student's ``S``-step sampler (``sampling.steps``)   the t
 
 * the loss: :func:`lliejax.distill.sampler.loss` (``distill.metric``, ``distill.w_gt``, ``distill.shared_init``:
   both samplers start from the same ``x_T``, ``mu + lambda z`` for the SDE, ``N(0, I)`` for the DDPM), gradients
-  through all ``S`` student calls (``model.remat`` checkpoints each network call where the network has it);
+  through all ``S`` student calls, with the student's sampler unrolled (reverse mode through a scanned network was up
+  to 20x slower on XLA:CPU); ``model.remat`` checkpoints each network call where the network has it;
 * sampling (``'strided'``): the student's own sampler (``steps`` default ``sampling.steps``; any count the family
   allows runs, the student is trained for its own); ReDDiT students reflect-pad as their teacher.
 
@@ -85,20 +86,23 @@ class SamplerStudent(cs.DistilledStudent):
       return jax.random.normal(key, cond.shape, jnp.float32)
     return self.base.sde.init_state(key, cond)
 
-  def strided(self, params, *, steps: int, eta: float):
+  def strided(self, params, *, steps: int, eta: float, unroll: bool = False):
     """``(cond, x_init, key) -> sample`` of the family's ``steps``-step sampler with the network's ``params`` (in the
-    process's range; ``x_init`` None draws it from ``key`` as the family's sampler does)."""
+    process's range; ``x_init`` None draws it from ``key`` as the family's sampler does). ``unroll``: the steps as
+    straight-line code (the same values; the loss differentiates through the student's sampler, and reverse mode
+    through a scanned network was up to 20x slower on XLA:CPU, :func:`lliejax.diffusion.reddit.ddim_sample`)."""
     noise_fn = self.net_fn(params)
     if self.family.name == "reddit":
       stride = self.base.stride(steps)
       return lambda cond, x_init, key: rd.ddim_sample(self.base.schedule, noise_fn, cond, key, stride=stride,
-                                                      x_init=x_init)
+                                                      x_init=x_init, unroll=unroll)
     return lambda cond, x_init, key: irsde.sample_strided(self.base.sde, noise_fn, cond, key, steps=int(steps),
-                                                          eta=float(eta), x_init=x_init)
+                                                          eta=float(eta), x_init=x_init, unroll=unroll)
 
-  def student_sampler(self, params, steps: int | None = None):
+  def student_sampler(self, params, steps: int | None = None, *, unroll: bool = False):
     sa = self.config.sampling
-    return self.strided(params, steps=int(sa.steps if steps is None else steps), eta=float(sa.get("eta", 1.0)))
+    return self.strided(params, steps=int(sa.steps if steps is None else steps), eta=float(sa.get("eta", 1.0)),
+                        unroll=unroll)
 
   def teacher_sampler(self, teacher_params):
     d = self.config.distill
@@ -120,7 +124,7 @@ class SamplerStudent(cs.DistilledStudent):
     outputs = {}
 
     def student(cond, x_init, k):
-      outputs["student"] = out = self.student_sampler(params)(cond, x_init, k)
+      outputs["student"] = out = self.student_sampler(params, unroll=True)(cond, x_init, k)
       return out
 
     def teacher(cond, x_init, k):
