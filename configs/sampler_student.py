@@ -8,8 +8,7 @@ the teacher (:func:`lliejax.methods.consistency_student.student_config`: ``famil
 ReDDiT's ``diffusion``) become the teacher's, ``distill.teacher`` its path), sets ``sampling.steps = N`` and trains
 it in ``DIR/<N>step``; without ``--config`` it picks ``demo`` for a teacher trained on the demo photos, else
 ``lolv1`` with the teacher's dataset.
-The sections shared with ``progressive_student`` (model, SDE, optimiser, EMA, data) come from
-:mod:`configs.progressive_student`.
+The model, SDE, optimiser, EMA and data sections are those of ``progressive_student`` (the same teachers).
 
 Variants (the part after ``:``; ``,key=value`` overrides may follow, e.g. ``demo,steps=300,teacher_steps=25``):
 
@@ -51,7 +50,6 @@ from __future__ import annotations
 import ml_collections
 
 from lliejax import config_utils
-from lliejax.configs import progressive_student
 
 ALIASES = {"steps": "num_train_steps", "batch": "batch_size", "lr": "optim.learning_rate",
            "dataset": "data.name", "manual_dir": "data.manual_dir", "sample_steps": "sampling.steps",
@@ -64,31 +62,33 @@ VARIANTS = ("lolv1", "demo", "demo_reddit", "tiny")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """``arg`` = ``<variant>[,key=value...]``; default ``lolv1``."""
   variant, overrides = config_utils.parse_arg(arg, "lolv1", VARIANTS, name="sampler_student")
-  c = progressive_student.get_config("demo" if variant == "demo_reddit" else variant)
+  c = config_utils.load_config(f"progressive_student:{'demo' if variant == 'demo_reddit' else variant}",
+                               validate=False)
   c.method = "sampler_student"
-  del c.process
-  c.sampling.steps = 4
-  c.sampling.eta = 1.0
-  entropy = c.distill.entropy
+  c.variant = variant
+  del c.process  # the progressive grid; here the student's steps are sampling.steps
+  c.sampling.steps = 4  # the student's step count (`lliejax distill --steps` sets it)
+  c.sampling.eta = 1.0  # Entropy-SDE: 1 = posterior steps on the coarse grid, 0 = deterministic
+  entropy = c.distill.entropy  # the auxiliary spatial-entropy term (weight 0: off)
   c.distill = di = ml_collections.ConfigDict()
-  di.teacher = ""
+  di.teacher = ""  # the teacher's export directory (required to train; set by `lliejax distill`)
   di.init_from_teacher = True
-  di.teacher_steps = ml_collections.config_dict.placeholder(int)  # None: all sde.T (the official posterior)
+  di.teacher_steps = ml_collections.config_dict.placeholder(int)  # None: all (the official posterior sampler)
   di.teacher_eta = 1.0
-  di.metric = "l2"
-  di.w_gt = 0.0
+  di.metric = "l2"  # l2 | l1
+  di.w_gt = 0.0  # ground-truth term (0: off, the student sees only the teacher)
   di.shared_init = True
   di.entropy = entropy
   c.eval_sampler = "strided"
   c.test_sampler = "strided"
   if variant == "lolv1":
-    c.model.remat = True
-  if variant == "demo":
-    di.teacher_steps = 25
+    c.model.remat = True  # the student's unrolled network calls are recomputed in the backward pass
   if variant in ("demo", "demo_reddit"):
     c.num_train_steps = 1000
     c.optim.constant_steps = 400
     c.optim.decay_steps = 600
+  if variant == "demo":
+    di.teacher_steps = 25
   if variant == "demo_reddit":  # the teacher's 16 DDIM calls per iteration: half the batch, half the iterations
     c.sampling.steps = 2
     c.batch_size = 4
