@@ -7,7 +7,7 @@
 2. distils it with each distiller (``lliejax distill``, :func:`lliejax.distill.run`; the student config defaults
    to :func:`lliejax.distill.default_config`) in ``WORKDIR/<distiller>/<S>step``: trajectory distillation stage by
    stage (16 -> 8 -> 4 -> 2 for ReDDiT's demo teacher, each student the next stage's teacher), consistency
-   and sampler distillation (Entropy-SDE teachers) in one run each;
+   and sampler distillation in one run each;
 3. scores on the demo test photos, under one protocol (``standard`` without DISTS/NIQE: PSNR, SSIM, LPIPS-Alex; no
    GT-mean adjustment), the teacher at its full step count and at every smaller student step count its sampler
    allows (plain DDIM with a larger stride: what distillation must beat; for Entropy-SDE its ``strided`` posterior

@@ -12,9 +12,10 @@
   target on any process (the closed-form target of an affine student step), and its stage driver; the
   ``progressive_student`` method (:mod:`lliejax.methods.progressive_student`) trains a stage, for the Entropy-SDE
   teacher in particular.
-* :mod:`~lliejax.distill.sampler`: sampler distillation (Luhman & Luhman 2021): a few-step stochastic student
-  sampler trained, unrolled, on the output of the teacher's many-step sampler; the ``sampler_student`` method
-  (:mod:`lliejax.methods.sampler_student`) trains it from any teacher export.
+* :mod:`~lliejax.distill.sampler`: sampler distillation (Luhman & Luhman 2021): a few-step student sampler
+  (stochastic for Entropy-SDE) trained, unrolled, on the output of the teacher's many-step sampler; the
+  ``sampler_student`` method (:mod:`lliejax.methods.sampler_student`) trains it from an Entropy-SDE or ReDDiT
+  teacher export.
 
 :func:`run` is ``lliejax distill``: one teacher export, one distiller, the same command for every teacher
 (:func:`default_config` picks the student config when none is given).

@@ -1,7 +1,8 @@
-"""Sampler distillation: a few-step student whose whole **stochastic** sampler is trained, unrolled, to reproduce the
-output of its teacher's many-step sampler (knowledge distillation of an iterative sampler, Luhman & Luhman,
-"Knowledge Distillation in Iterative Generative Models for Improved Sampling Speed", 2021, there with a one-step
-deterministic student; here any number of steps, a stochastic student sampler and a conditional teacher).
+"""Sampler distillation: a few-step student whose whole sampler (stochastic for Entropy-SDE, ReDDiT's deterministic
+DDIM) is trained, unrolled, to reproduce the output of its teacher's many-step sampler (knowledge distillation of an
+iterative sampler, Luhman & Luhman, "Knowledge Distillation in Iterative Generative Models for Improved Sampling
+Speed", 2021, there with a one-step deterministic student; here any number of steps, a possibly stochastic student
+sampler and a conditional teacher).
 
 Why a third distiller: the trajectory (:mod:`lliejax.distill.progressive`) and consistency
 (:mod:`lliejax.distill.consistency`) distillers both follow the teacher's **probability-flow ODE**. For the

@@ -50,7 +50,7 @@ class SamplerStudent(cs.DistilledStudent):
 
   name = "sampler_student"
   samplers = ("strided",)
-  teacher_methods = ("entropy_sde", "reddit_teacher", "reddit_student", "sampler_student")
+  teacher_methods = ("entropy_sde", "reddit_teacher", "reddit_student")
 
   @classmethod
   def validate_config(cls, config, *, device_count=None):
