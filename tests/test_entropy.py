@@ -577,4 +577,4 @@ def test_block_sizes():
     assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
     size = blocks[0][1] - blocks[0][0]
     assert size == bins or (size >= 2 and size * pixels <= max(E._BLOCK_VALUES, 2 * pixels))
-  assert E._j_blocks(32, 2 * 128 * 128)[0] == (0, 8)
+  assert E._j_blocks(32, 2 * 128 * 128)[0] == (0, 4)

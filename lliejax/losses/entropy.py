@@ -38,7 +38,8 @@ Per-pixel bin sums come from :func:`_slab_pass`, a ``lax.scan`` over the pixel-v
 step, default 1) and, inside a step, blocks of neighbour bins ``j`` (sized so that a block's ``(batch, block, H, W)``
 arrays stay cache-sized, :data:`_BLOCK_VALUES`); it is vectorised over the batch (so a batch sharded over devices
 stays data-parallel) and mapped over channels. Kernel products are outer products of per-bin kernels (``L`` kernel
-evaluations per pixel and axis instead of ``L^2``) and box windows are separable ``reduce_window`` sums. The
+evaluations per pixel and axis instead of ``L^2``) and box windows are separable: shifted slices summed along the
+width (the products formed inside that fused sum), a ``reduce_window`` along the height (:func:`_boxes`). The
 gradient is hand-written (``jax.custom_vjp``): the zero-padded box is its own adjoint, so the cotangent of every
 density is box-summed back and contracted with the kernels, again one bin chunk at a time. Term values and the two
 gradient contractions are accumulated elementwise per neighbour bin and reduced over ``j`` once, after the scan.
@@ -106,8 +107,9 @@ _SKIP_LOG2 = 24.0
 # (batch, block, H, W) hold about this many values (a power of two, at least 2 bins): cache-sized. Measured on the
 # 2-core CPU (process CPU time, KL value and gradient): at (2, 3, 128, 128, 32) blocks of 4 or 8 bins (2^17-2^18
 # values) were as fast as each other and 15-30 % faster than 16 or 32; at batch 8, blocks of 2 were 12-20 % faster
-# than 4 or 8.
-_BLOCK_VALUES = 2**18
+# than 4 or 8. With the sliced width sums (:func:`_boxes`), on a 2-core AMD EPYC: blocks of 4 bins (2^17) 0.48-0.53 s,
+# 8 bins 0.52-0.65 s, 2 bins 0.51-0.67 s at (2, 3, 128, 128, 32).
+_BLOCK_VALUES = 2**17
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,19 +259,62 @@ def _check_windows(windows: Sequence[int]) -> tuple[int, ...]:
   return windows
 
 
-def _box(x: jax.Array, k: int) -> jax.Array:
-  """Zero-padded 'same' k x k box sum over the last two axes (separable 1-D reduce_window sums)."""
+def _pad_width(a: jax.Array, r: int) -> jax.Array:
+  """Zero padding of ``r`` columns on both sides of the last axis."""
+  return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(r, r)]) if r else a
+
+
+def _height_box(y: jax.Array, k: int) -> jax.Array:
+  """Zero-padded 'same' k-row sum over the second-to-last axis (a 1-D ``reduce_window``)."""
   if k == 1:
-    return x
-  n = x.ndim
-  r = k // 2
-  for axis in (n - 1, n - 2):
-    win = [1] * n
-    win[axis] = k
-    pad = [(0, 0)] * n
-    pad[axis] = (r, r)
-    x = jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add, tuple(win), (1,) * n, pad)
-  return x
+    return y
+  n, r = y.ndim, k // 2
+  win = [1] * n
+  win[n - 2] = k
+  pad = [(0, 0)] * n
+  pad[n - 2] = (r, r)
+  return jax.lax.reduce_window(y, np.array(0, y.dtype), jax.lax.add, tuple(win), (1,) * n, pad)
+
+
+def _width_sums(column, sizes: Sequence[int], rmax: int, w: int) -> tuple[jax.Array, ...]:
+  """Per window size ``k``: ``sum_{d < k} column(rmax - k//2 + d)``, where ``column(o)`` is the width-``w`` slice at
+  offset ``o`` of an array zero-padded by ``rmax`` columns (one fused loop per size)."""
+  out = []
+  for k in sizes:
+    o = rmax - k // 2
+    out.append(sum(column(o + d) for d in range(1, k)) + column(o))
+  return tuple(out)
+
+
+def _box(x: jax.Array, k: int) -> jax.Array:
+  """Zero-padded 'same' k x k box sum over the last two axes (see :func:`_boxes`)."""
+  return _boxes(x, (k,))[0]
+
+
+def _boxes(x: jax.Array, sizes: Sequence[int]) -> tuple[jax.Array, ...]:
+  """Zero-padded 'same' box sums of ``x`` over its last two axes, one per window size in ``sizes``. Separable: along
+  the width (the minor axis) a sum of ``k`` shifted slices of one zero-padded copy shared by all sizes (a fused loop
+  per size), along the height a 1-D ``reduce_window``.
+
+  The same sums as two ``reduce_window`` passes up to float rounding, but XLA:CPU's ``reduce_window`` along the
+  minor axis was the slowest pass of the KDE losses: the slices took the KL value-and-gradient at (2, 3, 128, 128,
+  32) from 0.58-0.63 s to 0.41-0.50 s on the 2-core CPU. Summing slices along the height too was slower (the fused
+  width sums are then recomputed for every row offset).
+  """
+  rmax = max(k // 2 for k in sizes)
+  xp = _pad_width(x, rmax)
+  sums = _width_sums(lambda o: xp[..., o:o + x.shape[-1]], sizes, rmax, x.shape[-1])
+  return tuple(_height_box(y, k) for y, k in zip(sums, sizes))
+
+
+def _product_boxes(up: jax.Array, vp: jax.Array, sizes: Sequence[int], w: int) -> tuple[jax.Array, ...]:
+  """:func:`_boxes` of the outer product ``u[:, None] * v[None]`` ((ci, H, W) x (lj, H, W)) given its factors
+  zero-padded along the width by ``max(sizes) // 2`` (``up``, ``vp``): each shifted slice of the product is formed
+  inside the fused width sum, so the padded product is never materialised."""
+  rmax = (up.shape[-1] - w) // 2
+  up, vp = up[:, None], vp[None]
+  sums = _width_sums(lambda o: up[..., o:o + w] * vp[..., o:o + w], sizes, rmax, w)
+  return tuple(_height_box(y, k) for y, k in zip(sums, sizes))
 
 
 def _prepare(image: jax.Array, weights, *, bins: int, norm: str, clamp: Clamp):
@@ -428,15 +473,18 @@ def _slab_pass(fields, ct, active, *, term: _Term, kde: _KDE, blocks: tuple[tupl
   v, dv = zip(*[(k[0], dk[0]) for k, dk in (_kernel_and_derivative(xn[None], kde) for _, xn in fields)])
   grad_idx = [f for f, g in enumerate(want_grads) if g]
   nv, ng = (rows if want_value else 0), len(grad_idx)
+  rmax = max(windows) // 2
+  vpad = [_pad_width(a, rmax) for a in v]  # padded once: the tiles slice it
 
   def block(acc_in, uc, duc, j0, j1):
     """One (chunk, block) tile: its contributions added to the block's carries ``acc_in`` (nv + 2 ng arrays)."""
-    vb = [a[j0:j1] for a in v]
-    prods = [a[:, None] * b[None] for a, b in zip(uc, vb)]  # (ci, lj, H, W)
+    vb = [a[j0:j1] for a in vpad]
     accs = [None] * ng
     tvals = [None] * rows
+    # per field, per window: box sums of the kernel products u_i v_j, (ci, lj, H, W)
+    boxed = [_product_boxes(_pad_width(a, rmax), b, windows, w) for a, b in zip(uc, vb)]
     for n, (k, s) in enumerate(zip(windows, scales)):
-      dens = tuple(s * _box(p, k) for p in prods)
+      dens = tuple(s * bx[n] for bx in boxed)
       r = n if term.per_window else 0
       if want_value:
         t = term.value(dens)
