@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.image_size = 128  # diffusion.image_size: the nominal size that places attention
   m.dropout = 0.0
   m.init = "orthogonal"  # init_weights(netG, 'orthogonal') of model/networks.py; "torch": PyTorch defaults
+  m.mid_attn = True  # official; False (with attn_res=()) makes the UNet fully convolutional (not an official option)
 
   c.diffusion = d = ml_collections.ConfigDict()  # beta_schedule.train of the first stage: n = 16, s = 32
   d.num_timesteps = 16

@@ -286,3 +286,18 @@ def test_cli_convert_released_layout_and_back(tmp_path, capsys):
   assert list(sd2) == list(unet)
   for k, v in unet.items():
     assert torch.equal(sd2[k], v), k
+
+
+def test_mid_attention_option():
+  """``mid_attn=False`` (not official) drops exactly the middle block's attention; with ``attn_res=()`` no attention
+  is left (the network is fully convolutional); the official key map refuses such params, naming the keys."""
+  arch = dict(SMALL, attn_res=(), res_blocks=1)
+  init = lambda m: m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 6)), jnp.ones((1,)))["params"]
+  full, conv = init(SR3UNet(**arch)), init(SR3UNet(**arch, mid_attn=False))
+  assert "attn" in full["mid_0"] and "attn" not in conv["mid_0"]
+  attn = methods.count_params(full["mid_0"]["attn"])
+  assert attn > 0 and methods.count_params(full) - methods.count_params(conv) == attn
+  assert not any("attn" in "/".join(path) for path in keymap.flatten(conv))
+  with pytest.raises(keymap.StateDictMismatchError) as err:
+    ir.KEYMAP.export_params(conv, arch)
+  assert len(err.value.missing) == 5 and all(k.startswith("mid_0/attn/") for k in err.value.missing)

@@ -235,6 +235,9 @@ class SR3UNet(nn.Module):
     image_size: the nominal input size that places attention (``diffusion.image_size``), not the real input size.
     dropout: must be 0 (every released config; dropout is not implemented).
     weight_init: ``orthogonal`` (official training init) or ``torch`` (PyTorch layer defaults).
+    mid_attn: the middle block's self-attention (``mid.0.attn``). True in the official network; False (not an
+      official option) drops it, so that with an empty ``attn_res`` the network is fully convolutional (used to test
+      whether few-step sampling learned on crops carries over to whole images).
   """
 
   in_channel: int = 6
@@ -247,6 +250,7 @@ class SR3UNet(nn.Module):
   image_size: int = 128
   dropout: float = 0.0
   weight_init: str = "orthogonal"
+  mid_attn: bool = True
 
   @property
   def padder_size(self) -> int:
@@ -289,7 +293,7 @@ class SR3UNet(nn.Module):
         feats.append(y)
         idx += 1
 
-    y = ResnetBlocWithAttn(y.shape[-1], True, g, init, name="mid_0")(y, emb)
+    y = ResnetBlocWithAttn(y.shape[-1], self.mid_attn, g, init, name="mid_0")(y, emb)
     y = ResnetBlocWithAttn(y.shape[-1], False, g, init, name="mid_1")(y, emb)
 
     idx = 0
@@ -317,4 +321,5 @@ def sr3_unet_from_config(cfg) -> SR3UNet:
                  inner_channel=int(cfg.inner_channel), channel_mults=tuple(int(v) for v in cfg.channel_mults),
                  attn_res=tuple(int(v) for v in cfg.attn_res), res_blocks=int(cfg.res_blocks),
                  norm_groups=int(cfg.get("norm_groups", 32)), image_size=int(cfg.image_size),
-                 dropout=float(cfg.get("dropout", 0.0)), weight_init=cfg.get("init", "orthogonal"))
+                 dropout=float(cfg.get("dropout", 0.0)), weight_init=cfg.get("init", "orthogonal"),
+                 mid_attn=bool(cfg.get("mid_attn", True)))
