@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.image_size = 128
   m.dropout = 0.0
   m.init = "orthogonal"  # unused: the student starts from the teacher's parameters
+  m.mid_attn = True  # as the teacher's (reddit_teacher's option; an export without the key means True)
 
   c.diffusion = d = ml_collections.ConfigDict()  # the student's grid; the teacher's is (2 n, s / 2)
   d.num_timesteps = 8

@@ -315,6 +315,16 @@ class SR3UNet(nn.Module):
     return out
 
 
+# Model-config keys added after exports were written, with the value an export without them means.
+CONFIG_DEFAULTS = {"mid_attn": True}
+
+
+def arch_config(model: dict) -> dict:
+  """A ``config.model`` dict with :data:`CONFIG_DEFAULTS` filled in for an ``sr3_unet`` (other networks unchanged), so
+  that an export written before a key existed compares equal to a config that spells out the default."""
+  return {**CONFIG_DEFAULTS, **model} if model.get("name") == "sr3_unet" else dict(model)
+
+
 def sr3_unet_from_config(cfg) -> SR3UNet:
   """Build from a ``config.model`` ConfigDict (``name: sr3_unet``; ``init`` optional)."""
   return SR3UNet(in_channel=int(cfg.in_channel), out_channel=int(cfg.out_channel),
