@@ -303,10 +303,10 @@ def test_mid_attention_option():
   assert len(err.value.missing) == 5 and all(k.startswith("mid_0/attn/") for k in err.value.missing)
 
 
-def test_arch_config_fills_keys_older_exports_lack():
+def test_config_defaults_fill_keys_older_exports_lack():
   """A teacher export written before ``mid_attn`` existed compares equal to a config spelling out its default."""
-  from lliejax.models import sr3_unet
+  from lliejax import models as models_lib
   old = {"name": "sr3_unet", "inner_channel": 32}
-  assert sr3_unet.arch_config(old) == sr3_unet.arch_config({**old, "mid_attn": True}) != \
-      sr3_unet.arch_config({**old, "mid_attn": False})
-  assert sr3_unet.arch_config({"name": "conditional_nafnet", "width": 8}) == {"name": "conditional_nafnet", "width": 8}
+  fill = models_lib.with_config_defaults
+  assert fill(old) == fill({**old, "mid_attn": True}) != fill({**old, "mid_attn": False})
+  assert fill({"name": "conditional_nafnet", "width": 8}) == {"name": "conditional_nafnet", "width": 8}

@@ -276,9 +276,9 @@ def _height_box(y: jax.Array, k: int) -> jax.Array:
   return jax.lax.reduce_window(y, np.array(0, y.dtype), jax.lax.add, tuple(win), (1,) * n, pad)
 
 
-def _width_sums(column, sizes: Sequence[int], rmax: int, w: int) -> tuple[jax.Array, ...]:
-  """Per window size ``k``: ``sum_{d < k} column(rmax - k//2 + d)``, where ``column(o)`` is the width-``w`` slice at
-  offset ``o`` of an array zero-padded by ``rmax`` columns (one fused loop per size)."""
+def _width_sums(column, sizes: Sequence[int], rmax: int) -> tuple[jax.Array, ...]:
+  """Per window size ``k``: ``sum_{d < k} column(rmax - k//2 + d)``, where ``column(o)`` is the unpadded-width slice
+  at offset ``o`` of an array zero-padded by ``rmax`` columns (one fused loop per size)."""
   out = []
   for k in sizes:
     o = rmax - k // 2
@@ -303,7 +303,7 @@ def _boxes(x: jax.Array, sizes: Sequence[int]) -> tuple[jax.Array, ...]:
   """
   rmax = max(k // 2 for k in sizes)
   xp = _pad_width(x, rmax)
-  sums = _width_sums(lambda o: xp[..., o:o + x.shape[-1]], sizes, rmax, x.shape[-1])
+  sums = _width_sums(lambda o: xp[..., o:o + x.shape[-1]], sizes, rmax)
   return tuple(_height_box(y, k) for y, k in zip(sums, sizes))
 
 
@@ -313,7 +313,7 @@ def _product_boxes(up: jax.Array, vp: jax.Array, sizes: Sequence[int], w: int) -
   inside the fused width sum, so the padded product is never materialised."""
   rmax = (up.shape[-1] - w) // 2
   up, vp = up[:, None], vp[None]
-  sums = _width_sums(lambda o: up[..., o:o + w] * vp[..., o:o + w], sizes, rmax, w)
+  sums = _width_sums(lambda o: up[..., o:o + w] * vp[..., o:o + w], sizes, rmax)
   return tuple(_height_box(y, k) for y, k in zip(sums, sizes))
 
 

@@ -59,12 +59,11 @@ import ml_collections
 from lliejax import checkpoint
 from lliejax import config_utils as cu
 from lliejax import ema as ema_lib
-from lliejax import losses, methods
+from lliejax import losses, methods, models
 from lliejax.distill import consistency as cm
 from lliejax.distill import processes as pr
 from lliejax.losses import entropy as entropy_lib
 from lliejax.methods.base import Method
-from lliejax.models import sr3_unet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +295,7 @@ class DistilledStudent(Method):
     if family != self.family.name:
       raise ValueError(f"{path}: a teacher of family {family!r}; this student's config.family is "
                        f"{self.family.name!r} (make the config with consistency_student.student_config)")
-    strip = lambda m: {k: v for k, v in sr3_unet.arch_config(_section_dict(m)).items() if k not in NON_ARCH_MODEL_KEYS}
+    strip = lambda m: models.with_config_defaults(_section_dict(m), drop=NON_ARCH_MODEL_KEYS)
     if strip(export.config.model) != strip(self.config.model):
       raise ValueError(f"{path}: the teacher's model {strip(export.config.model)} differs from the student's "
                        f"{strip(self.config.model)} (the student has the teacher's network)")

@@ -25,11 +25,10 @@ import jax.numpy as jnp
 
 from lliejax import checkpoint
 from lliejax import config_utils as cu
-from lliejax import methods
+from lliejax import methods, models
 from lliejax.diffusion import reddit as rd
 from lliejax.distill import trajectory
 from lliejax.methods import reddit_teacher
-from lliejax.models import sr3_unet
 
 #: Methods whose exports can teach a student (the same UNet and gamma conditioning).
 TEACHERS = ("reddit_teacher", "reddit_student")
@@ -92,7 +91,7 @@ class ReDDiTStudent(reddit_teacher.ReDDiTTeacher):
     if export.method not in TEACHERS or export.config is None:
       raise ValueError(f"{path}: a {export.method} export cannot teach reddit_student (expected one of "
                        f"{', '.join(TEACHERS)})")
-    strip = lambda m: {k: v for k, v in sr3_unet.arch_config(m.to_dict()).items() if k not in NON_ARCH_MODEL_KEYS}
+    strip = lambda m: models.with_config_defaults(m.to_dict(), drop=NON_ARCH_MODEL_KEYS)
     if strip(export.config.model) != strip(self.config.model):
       raise ValueError(f"{path}: the teacher's model {strip(export.config.model)} differs from the student's "
                        f"{strip(self.config.model)} (the student starts from the teacher's parameters)")

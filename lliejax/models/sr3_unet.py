@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lliejax import models
 from lliejax.models.layers import torch_bias_init, torch_kernel_init
 
 INITS = ("orthogonal", "torch")
@@ -315,16 +316,6 @@ class SR3UNet(nn.Module):
     return out
 
 
-# Model-config keys added after exports were written, with the value an export without them means.
-CONFIG_DEFAULTS = {"mid_attn": True}
-
-
-def arch_config(model: dict) -> dict:
-  """A ``config.model`` dict with :data:`CONFIG_DEFAULTS` filled in for an ``sr3_unet`` (other networks unchanged), so
-  that an export written before a key existed compares equal to a config that spells out the default."""
-  return {**CONFIG_DEFAULTS, **model} if model.get("name") == "sr3_unet" else dict(model)
-
-
 def sr3_unet_from_config(cfg) -> SR3UNet:
   """Build from a ``config.model`` ConfigDict (``name: sr3_unet``; ``init`` optional)."""
   return SR3UNet(in_channel=int(cfg.in_channel), out_channel=int(cfg.out_channel),
@@ -332,4 +323,4 @@ def sr3_unet_from_config(cfg) -> SR3UNet:
                  attn_res=tuple(int(v) for v in cfg.attn_res), res_blocks=int(cfg.res_blocks),
                  norm_groups=int(cfg.get("norm_groups", 32)), image_size=int(cfg.image_size),
                  dropout=float(cfg.get("dropout", 0.0)), weight_init=cfg.get("init", "orthogonal"),
-                 mid_attn=bool(cfg.get("mid_attn", True)))
+                 mid_attn=bool(cfg.get("mid_attn", models.CONFIG_DEFAULTS["sr3_unet"]["mid_attn"])))
