@@ -127,9 +127,10 @@ def lliejax_sample(p: dict, iters: int, steps: int) -> dict:
   frozen = {}  # sampling needs no LPIPS
   lq = jax.device_put(_lq(*p["size"]))
   key = jax.random.key(2)
-  sample, compile_s = compile_timed(jax.jit(method.sample), params, frozen, lq, key)
-  anchor, _ = compile_timed(jax.jit(lambda nets, x: method.anchor(nets, pad_to_multiple(x, method.size_multiple))),
-                            params, lq)
+  opts = runtime.compiler_options()  # what lliejax's Enhancer compiles its samplers with
+  sample, compile_s = compile_timed(jax.jit(method.sample, compiler_options=opts), params, frozen, lq, key)
+  anchor, _ = compile_timed(jax.jit(lambda nets, x: method.anchor(nets, pad_to_multiple(x, method.size_multiple)),
+                                    compiler_options=opts), params, lq)
   (first,) = timed(lambda _: jax.block_until_ready(sample(params, frozen, lq, key)), 1)
   times = timed(lambda _: jax.block_until_ready(sample(params, frozen, lq, key)), iters)
   jax.block_until_ready(anchor(params, lq))

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lliejax import checkpoint, methods, parallel
+from lliejax import checkpoint, methods, parallel, runtime
 
 
 PAD_MODES = ("constant", "reflect", "symmetric", "edge")
@@ -150,7 +150,8 @@ class Enhancer:
         return method.sample(params, frozen, lq[None], key, sampler=sampler, steps=steps)[0]
 
       self._jitted[cache_key] = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0)),
-                                        in_shardings=(repl, repl, data, data), out_shardings=data)
+                                        in_shardings=(repl, repl, data, data), out_shardings=data,
+                                        compiler_options=runtime.compiler_options(runtime.mesh_platform(mesh)))
     if devices not in self._placed:
       # Once, not at every call. Replicated global arrays (during multi-host training) via their local copy.
       self._placed[devices] = jax.device_put(jax.tree_util.tree_map(_host_local, (self.params, self.frozen)), repl)

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lliejax import checkpoint, evaluate, inference, methods, metrics, optim, parallel
+from lliejax import checkpoint, evaluate, inference, methods, metrics, optim, parallel, runtime
 from lliejax import state as state_lib
 from lliejax.state import TrainState
 
@@ -76,10 +76,11 @@ def make_train_step(method: methods.Method, tx: optax.GradientTransformation, *,
 
 
 def jit_train_step(train_step: Callable, mesh) -> Callable:
-  """Compile with the batch sharded over ``'data'``, everything else replicated, the state donated."""
+  """Compile with the batch sharded over ``'data'``, everything else replicated, the state donated, and
+  :func:`lliejax.runtime.compiler_options` (on CPU: XLA's memory-optimised scheduler)."""
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   return jax.jit(train_step, in_shardings=(repl, repl, data, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), compiler_options=runtime.compiler_options(runtime.mesh_platform(mesh)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None,

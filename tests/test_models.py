@@ -129,6 +129,35 @@ def test_fast_conv_forms_equal_lax_convolutions(module, reference):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("shape,chunks", [((2, 9, 7, 5, 6), 8), ((1, 3, 3, 2, 3), 8), ((3, 12, 20, 4, 4), 3)])
+def test_conv3x3_gradients_against_float64(padding, shape, chunks):
+  """``layers.conv3x3``: forward, input gradient and the row-shifted kernel gradient against a float64 numpy
+  cross-correlation (odd sizes, one image, more chunks than rows of a tiny image)."""
+  b, h, w, c, co = shape
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((b, h, w, c))
+  k = rng.standard_normal((3, 3, c, co))
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))) if padding == "same" else x
+  ho, wo = xp.shape[1] - 2, xp.shape[2] - 2
+  g = rng.standard_normal((b, ho, wo, co))
+  ref_y = sum(np.einsum("bhwc,cd->bhwd", xp[:, i:i + ho, j:j + wo], k[i, j]) for i in range(3) for j in range(3))
+  ref_k = np.stack([np.einsum("bhwc,bhwd->cd", xp[:, i:i + ho, j:j + wo], g) for i in range(3) for j in range(3)])
+  ref_xp = np.zeros_like(xp)
+  for i in range(3):
+    for j in range(3):
+      ref_xp[:, i:i + ho, j:j + wo] += np.einsum("bhwd,cd->bhwc", g, k[i, j])
+  ref_x = ref_xp[:, 1:-1, 1:-1] if padding == "same" else ref_xp
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  y, vjp = jax.vjp(lambda x, k: layers.conv3x3(x, k, padding), f32(x), f32(k))
+  gx, gk = vjp(f32(g))
+  np.testing.assert_allclose(y, ref_y, atol=1e-4 * np.abs(ref_y).max())
+  np.testing.assert_allclose(gx, ref_x, atol=1e-4 * np.abs(ref_x).max())
+  np.testing.assert_allclose(gk, ref_k.reshape(3, 3, c, co), atol=2e-6 * np.abs(ref_k).max())
+  direct = layers.kernel_grad3x3(f32(xp), f32(g), chunks=chunks)
+  np.testing.assert_allclose(direct, ref_k.reshape(3, 3, c, co), atol=2e-6 * np.abs(ref_k).max())
+
+
 def test_layernorm_biased_variance():
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, 6)) * 3 + 1
   ln = nafnet.LayerNorm2d(6)

@@ -93,6 +93,39 @@ def _ema_pytorch_reference(online, every, after, beta, inv_gamma=1.0, power=2 / 
   return out
 
 
+def test_cpu_scheduler_option_reaches_xla_and_changes_no_number(monkeypatch):
+  """The train step is compiled with ``runtime.compiler_options`` (XLA:CPU's memory-optimised scheduler): the
+  option reaches the compiler (a bogus scheduler name is refused by XLA itself), and the scheduler changes the
+  order of execution only: two steps give bitwise the same state and metrics as under XLA's default scheduler."""
+  from lliejax import runtime
+  monkeypatch.delenv("XLA_FLAGS", raising=False)  # conftest's device count is already applied
+  config = get_config("tiny")
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  batch = parallel.global_batch(_batch(n=2, size=16), mesh)
+  outs = {}
+  for choice in ("memory", "default"):
+    monkeypatch.setenv(runtime.CPU_SCHEDULER_ENV, choice)
+    want = runtime.CPU_SCHEDULERS[choice]
+    assert runtime.compiler_options("cpu") == ({"xla_cpu_scheduler_type": want} if want else None)
+    _, state, step = _setup(config, mesh)
+    for i in range(2):
+      state, metrics = step(state, batch, jax.random.key(i))
+    outs[choice] = jax.tree_util.tree_leaves((state.params, metrics))
+  for a, b in zip(outs["memory"], outs["default"]):
+    np.testing.assert_array_equal(a, b)
+  assert runtime.compiler_options("cpu") is None  # "default" is still set
+  assert runtime.compiler_options("gpu") is None
+  monkeypatch.setenv(runtime.CPU_SCHEDULER_ENV, "fastest")
+  with pytest.raises(ValueError, match="LLIEJAX_XLA_CPU_SCHEDULER='fastest'"):
+    runtime.compiler_options("cpu")
+  monkeypatch.setenv(runtime.CPU_SCHEDULER_ENV, "memory")
+  monkeypatch.setitem(runtime.CPU_SCHEDULERS, "memory", "NOT_A_SCHEDULER")
+  with pytest.raises(Exception, match="xla_cpu_scheduler_type"):
+    _setup(config, mesh)[2](state, batch, jax.random.key(0))
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT")
+  assert runtime.compiler_options("cpu") is None  # the user's XLA_FLAGS win
+
+
 def test_ema_follows_ema_pytorch_rules():
   cfg = get_config("lolv1").ema
   cfg.update_every, cfg.update_after_step = 3, 7

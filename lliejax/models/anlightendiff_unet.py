@@ -62,6 +62,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lliejax.models import layers
 from lliejax.models.layers import sinusoidal_embedding, torch_bias_init, torch_kernel_init
 
 #: Instance-norm epsilon (``nn.InstanceNorm2d`` default).
@@ -173,15 +174,16 @@ def conv3x3_valid(x, w):
     the channel axis times ``w`` as a ``(9 C, C')`` matrix. XLA:CPU computes the kernel gradient of a convolution
     on a few pixels and many channels about 100x slower than this matrix product (0.77 s for one 3x3 512->1024
     gradient on a 4x2x2 batch);
-  * larger: a convolution with zero padding 1 whose one-pixel output frame is cropped: XLA:CPU runs padded 3x3
-    convolutions 2.5-4x faster than unpadded (``VALID``) ones, forward and both gradients.
+  * larger: :func:`lliejax.models.layers.conv3x3` (``padding="valid"``): a convolution with zero padding 1 whose
+    one-pixel output frame is cropped (XLA:CPU runs padded 3x3 convolutions 2.5-4x faster than unpadded ones,
+    forward and input gradient), its kernel gradient nine row-shifted matrix products (4.6x faster than XLA's at
+    the top level of the FS U-Net).
   """
   ho, wo = x.shape[1] - 2, x.shape[2] - 2
   if ho * wo <= IM2COL_MAX_PIXELS:
     patches = jnp.concatenate([x[:, a:a + ho, b:b + wo] for a in range(3) for b in range(3)], axis=-1)
     return patches @ w.reshape(-1, w.shape[-1])
-  y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return y[:, 1:-1, 1:-1]
+  return layers.conv3x3(x, w, "valid")
 
 
 def _zeros_or_torch_bias(official: bool, fan_in: int):

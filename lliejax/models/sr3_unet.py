@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from lliejax import models
+from lliejax.models import layers
 from lliejax.models.layers import torch_bias_init, torch_kernel_init
 
 INITS = ("orthogonal", "torch")
@@ -66,7 +67,8 @@ def positional_encoding(gamma: jax.Array, dim: int) -> jax.Array:
 class Conv(nn.Module):
   """``torch.nn.Conv2d(in, features, k, stride, padding=k // 2)``; kernel ``(k, k, in, out)``.
 
-  1x1 convolutions run as one matrix product (faster on XLA:CPU, same numbers up to summation order).
+  1x1 convolutions run as one matrix product and 3x3 stride-1 ones through :func:`lliejax.models.layers.conv3x3`
+  (its kernel gradient as row-shifted matrix products): faster on XLA:CPU, same numbers up to summation order.
   """
 
   features: int
@@ -82,6 +84,8 @@ class Conv(nn.Module):
     kernel = self.param("kernel", k_init, (self.kernel, self.kernel, cin, self.features), jnp.float32)
     if self.kernel == 1 and self.stride == 1:
       y = (x.reshape(-1, cin) @ kernel[0, 0]).reshape(*x.shape[:-1], self.features)
+    elif self.kernel == 3 and self.stride == 1:
+      y = layers.conv3x3(x, kernel, "same")
     else:
       p = self.kernel // 2
       y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
