@@ -156,6 +156,8 @@ def test_conv3x3_gradients_against_float64(padding, shape, chunks):
   np.testing.assert_allclose(gk, ref_k.reshape(3, 3, c, co), atol=2e-6 * np.abs(ref_k).max())
   direct = layers.kernel_grad3x3(f32(xp), f32(g), chunks=chunks)
   np.testing.assert_allclose(direct, ref_k.reshape(3, 3, c, co), atol=2e-6 * np.abs(ref_k).max())
+  with pytest.raises(ValueError, match="padding must be 'same' or 'valid', got 'SAME'"):
+    layers.conv3x3(f32(x), f32(k), "SAME")
 
 
 def test_layernorm_biased_variance():

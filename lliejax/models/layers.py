@@ -103,6 +103,8 @@ KERNEL_GRAD_CHUNKS = 8
 
 
 def _conv3x3_xla(x, w, padding):
+  if padding not in ("same", "valid"):
+    raise ValueError(f"conv3x3: padding must be 'same' or 'valid', got {padding!r}")
   pad = ((1, 1), (1, 1))
   y = jax.lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return y if padding == "same" else y[:, 1:-1, 1:-1]
