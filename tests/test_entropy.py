@@ -578,3 +578,11 @@ def test_block_sizes():
     size = blocks[0][1] - blocks[0][0]
     assert size == bins or (size >= 2 and size * pixels <= max(E._BLOCK_VALUES, 2 * pixels))
   assert E._j_blocks(32, 2 * 128 * 128)[0] == (0, 4)
+  # default tiles: chunk x block bins of about _BLOCK_VALUES values, chunk <= block, chunk a divisor of L
+  for bins, pixels, shape in ((32, 2 * 128 * 128, (2, 2)), (32, 8 * 128 * 128, (1, 2)), (32, 64 * 64, (4, 8)),
+                              (16, 2 * 128 * 128, (2, 2)), (6, 84, (6, 6)), (5, 10**7, (1, 2))):
+    chunk = E._kde_options(bins, 0.5, "sigmoid", (1, 3, 5), None, pixels=pixels).chunk
+    block = E._j_blocks(bins, pixels, chunk)[0][1]
+    assert (chunk, block) == shape and bins % chunk == 0
+    assert chunk * block * pixels <= max(E._BLOCK_VALUES, 2 * pixels) or block == bins
+  assert E._kde_options(32, 0.5, "sigmoid", (1,), None).chunk == 1  # no pixel count: one bin per step
