@@ -36,14 +36,14 @@ Faithful vs paper (options of :func:`spatial_entropy_loss`, defaults = official 
 Memory and speed: the ``(B, L*L, C, H, W)`` density is never materialised, in the forward or the backward pass.
 Per-pixel bin sums come from :func:`_slab_pass`, a ``lax.scan`` over chunks of pixel-value bins ``i`` and, inside a
 step, blocks of neighbour bins ``j``, sized together so that a tile's ``(batch, chunk, block, H, W)`` arrays stay
-cache-sized and the tile is as square in bins as possible (:data:`_BLOCK_VALUES`, :func:`_default_chunk`); it is vectorised over the batch (so a batch sharded over devices
-stays data-parallel) and mapped over channels. Kernel products are outer products of per-bin kernels (``L`` kernel
-evaluations per pixel and axis instead of ``L^2``) and box windows are separable: shifted slices summed along the
-width (the products formed inside that fused sum), shifted row slices of the materialised width sums along the
-height (:func:`_boxes`). The gradient is hand-written (``jax.custom_vjp``): the zero-padded box is its own
-adjoint, so the cotangent of every density is box-summed back and contracted with the kernels, again one bin chunk
-at a time. Term values and the two
-gradient contractions are accumulated elementwise per neighbour bin and reduced over ``j`` once, after the scan.
+cache-sized and the tile is as square in bins as possible (:data:`_BLOCK_VALUES`, :func:`_default_chunk`); it is
+vectorised over the batch (so a batch sharded over devices stays data-parallel) and mapped over channels. Kernel
+products are outer products of per-bin kernels (``L`` kernel evaluations per pixel and axis instead of ``L^2``) and
+box windows are separable: shifted slices summed along the width (the products formed inside that fused sum),
+shifted row slices of the materialised width sums along the height (:func:`_boxes`). The gradient is hand-written
+(``jax.custom_vjp``): the zero-padded box is its own adjoint, so the cotangent of every density is box-summed back
+and contracted with the kernels, again one bin chunk at a time. Term values and the two gradient contractions are
+accumulated elementwise per neighbour bin and reduced over ``j`` once, after the scan.
 KL, cross-entropy and the entropy metric (linear in the bin sums) keep only the sum over the windows and compute
 value and gradient in one pass; Hellinger (a square root per window and pixel) needs the bin sums first, so its
 gradient takes a second pass. Hellinger's 1x1 window (of the official ``(1, 3, 5)``) does not go through the tiles:
