@@ -126,6 +126,48 @@ def test_cpu_scheduler_option_reaches_xla_and_changes_no_number(monkeypatch):
   assert runtime.compiler_options("cpu") is None  # the user's XLA_FLAGS win
 
 
+def test_cpu_ynn_option_reaches_xla(monkeypatch):
+  """``LLIEJAX_XLA_CPU_YNN``: parsed and validated by name; ``off`` reaches XLA (no YNNPACK fusion is left in the
+  compiled program, a bogus fusion type is refused by XLA itself) and changes a convolution and GroupNorm network's
+  values by float rounding only; a value in ``XLA_FLAGS`` wins."""
+  from lliejax import runtime
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setenv(runtime.CPU_SCHEDULER_ENV, "default")
+  key = "xla_cpu_experimental_ynn_fusion_type"
+  for choice, want in runtime.CPU_YNN_FUSIONS.items():
+    monkeypatch.setenv(runtime.CPU_YNN_ENV, choice)
+    assert runtime.compiler_options("cpu") == (None if want is None else {key: want})
+  monkeypatch.setenv(runtime.CPU_YNN_ENV, "fast")
+  with pytest.raises(ValueError, match="LLIEJAX_XLA_CPU_YNN='fast'"):
+    runtime.compiler_options("cpu")
+
+  x = jax.random.normal(jax.random.key(0), (2, 24, 24, 32))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32)) * 0.1
+
+  def net(x, w):  # a 3x3 convolution, GroupNorm statistics and their gradient, as in the SR3 UNet
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    g = y.reshape(2, -1, 8, 4)
+    g = (g - g.mean(axis=(1, 3), keepdims=True)) * jax.lax.rsqrt(g.var(axis=(1, 3), keepdims=True) + 1e-5)
+    return jnp.sum(jax.nn.silu(g) ** 2)
+
+  outs = {}
+  for choice in ("default", "off"):
+    monkeypatch.setenv(runtime.CPU_YNN_ENV, choice)
+    compiled = jax.jit(jax.value_and_grad(net, argnums=(0, 1)),
+                       compiler_options=runtime.compiler_options("cpu")).lower(x, w).compile()
+    if choice == "off":
+      assert "ynn_fusion" not in compiled.as_text()
+    outs[choice] = jax.tree_util.tree_leaves(compiled(x, w))
+  for a, b in zip(outs["default"], outs["off"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(a))))
+  monkeypatch.setitem(runtime.CPU_YNN_FUSIONS, "off", "NOT_A_FUSION_TYPE")
+  monkeypatch.setenv(runtime.CPU_YNN_ENV, "off")
+  with pytest.raises(Exception, match=key):
+    jax.jit(net, compiler_options=runtime.compiler_options("cpu")).lower(x, w).compile()
+  monkeypatch.setenv("XLA_FLAGS", f"--{key}=")
+  assert runtime.compiler_options("cpu") is None  # the user's XLA_FLAGS win
+
+
 def test_ema_follows_ema_pytorch_rules():
   cfg = get_config("lolv1").ema
   cfg.update_every, cfg.update_after_step = 3, 7
