@@ -88,6 +88,7 @@ def status() -> dict:
 # ------------------------------------------------------------------------------------------------ XLA options
 #: Environment variable choosing XLA:CPU's instruction scheduler for lliejax's programs (:func:`compiler_options`).
 CPU_SCHEDULER_ENV = "LLIEJAX_XLA_CPU_SCHEDULER"
+#: Environment variable choosing which operations XLA:CPU hands to YNNPACK (:func:`compiler_options`), and its values.
 CPU_YNN_ENV = "LLIEJAX_XLA_CPU_YNN"
 CPU_YNN_FUSIONS = {"default": None, "off": "",
                    "convs": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
