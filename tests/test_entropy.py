@@ -213,6 +213,22 @@ def test_chunked_matches_dense_larger_bins():
 # Invariants and numerics.
 
 
+def test_fast_log_matches_log():
+  """:func:`E._log` (the polynomial logarithm of the divergence terms) against float64 ``log``: 4e-7 relative over
+  the float32 normal range, full relative accuracy next to 1, exactly 0 at 1, and ``jnp.log``'s special values."""
+  xs = np.concatenate([np.logspace(-37.9, 38.5, 200001), np.linspace(0.5, 2.0, 100001),
+                       1.0 + np.arange(-3000, 3000) * 2.0**-24]).astype(np.float32)
+  xs = xs[xs != 1.0]
+  ref = np.log(xs.astype(np.float64))
+  got = np.asarray(jax.jit(E._log)(jnp.asarray(xs)), np.float64)
+  rel = np.abs(got - ref) / np.abs(ref)
+  assert rel.max() < 4e-7, rel.max()
+  special = jnp.asarray(np.array([1.0, 0.0, -0.0, -1.0, np.inf, -np.inf, np.nan, 1e-45], np.float32))
+  got, want = np.asarray(jax.jit(E._log)(special)), np.asarray(jax.jit(jnp.log)(special))
+  np.testing.assert_array_equal(got, want)  # 0, -inf, -inf, nan, inf, nan, nan, and XLA's flushed subnormal
+  assert got[0] == 0.0
+
+
 def test_identical_inputs():
   pred, _ = _pair()
   key = jax.random.PRNGKey(0)

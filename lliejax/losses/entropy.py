@@ -79,7 +79,9 @@ Numerics (documented deviations that do not change values):
   custom JVP ``kappa * (1 - 2s)`` so that ``exp`` overflow far from the bin (large neighbour values from random
   weights) cannot produce ``inf/inf``.
 * KL uses ``P * ln((P+eps)/(Q+eps))`` (one log instead of two; mathematically identical, more accurate when
-  ``P ~ Q``), with the log set to exactly 0 where ``P == Q`` (the division can round otherwise).
+  ``P ~ Q``); where ``P == Q`` the quotient is exactly 1 and its log exactly 0.
+* Logarithms use :func:`_log` (a polynomial on the mantissa, 3.8e-7 relative error against ``jnp.log``'s 1.2e-7),
+  which made the KL loss about 17 % faster on XLA:CPU.
 * Cross-entropy keeps the official missing epsilon (``eps=None`` -> 0): ``0 * ln 0`` gives NaN exactly where the
   official code does (far bins that underflow, e.g. dark images at L = 32); pass ``eps=1e-10`` to avoid it.
 """
@@ -146,6 +148,38 @@ def _sigmoid_derivative_jvp(primals, tangents):
   s = 1.0 / (1.0 + jnp.exp(-v))
   k = s * (1.0 - s)
   return k, k * (1.0 - 2.0 * s) * dv
+
+
+# Coefficients of log1p(t) = t - t^2/2 + t^3 q(t) on t in [sqrt(1/2) - 1, sqrt(2) - 1] (q of degree 5, highest first):
+# a weighted least-squares fit of the relative error on 4,000 Chebyshev nodes. Max relative error of :func:`_log` over
+# float32 [1e-30, 1e30]: 3.8e-7 (jnp.log: 1.2e-7).
+_LOG1P_Q = (-0.10069556534290314, 0.15987879037857056, -0.17155025899410248, 0.19928079843521118,
+            -0.24982547760009766, 0.3333421051502228)
+
+
+def _log(x: jax.Array) -> jax.Array:
+  """Natural logarithm of float32 ``x``: ``jnp.log`` to 3.8e-7 relative, cheaper on XLA:CPU.
+
+  ``x = 2^k m`` with ``m`` in ``[sqrt(1/2), sqrt(2))`` from the bits, then ``k ln 2 + log1p(m - 1)`` with the
+  polynomial above (no table, no division). ``t = m - 1`` is exact, so the result keeps full relative accuracy near
+  ``x = 1`` and ``_log(1) == 0`` exactly. ``0 -> -inf``, negative or NaN ``-> NaN``, ``inf -> inf`` as ``jnp.log``;
+  XLA:CPU flushes subnormals to zero (``jnp.log(1e-45) == -inf`` there), and so does this.
+
+  Alone it is about 12 % cheaper than ``jnp.log`` (0.33 against 0.375 ns per element on the 2-core CPU), but the
+  divergence terms spend much of their time in logarithms (three per bin pair, pixel and window for KL), and inside
+  the KL value fusion the difference is larger: the KL value and gradient at (2, 3, 128, 128, 32) took 0.29-0.30
+  instead of 0.36 s (interleaved medians), with the same value to 7 digits.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  k = (bits - np.int32(0x3F3504F3)) >> 23  # exponent such that the mantissa lands in [sqrt(1/2), sqrt(2))
+  t = jax.lax.bitcast_convert_type(bits - (k << 23), jnp.float32) - np.float32(1.0)
+  q = np.float32(_LOG1P_Q[0])
+  for c in _LOG1P_Q[1:]:
+    q = q * t + np.float32(c)
+  z = t * t
+  y = (t - np.float32(0.5) * z + q * (z * t)) + k.astype(jnp.float32) * np.float32(math.log(2.0))
+  return jnp.where(x > 0, jnp.where(x < np.float32(np.inf), y, x), jnp.where(x == 0, -np.float32(np.inf), np.nan))
 
 
 def _gaussian_kernel(v: jax.Array) -> jax.Array:
@@ -398,17 +432,17 @@ def _term(kind: str, eps: float | None, cross_order: str = "official") -> _Term:
   if kind == "kl":  # P ln((P+e)/(Q+e)), Q prediction, P target; the log is exactly 0 where P == Q
     e = np.float32(eps)
 
-    def log_ratio(d):
-      return jnp.where(d[1] == d[0], 0.0, jnp.log((d[1] + e) / (d[0] + e)))
+    def log_ratio(d):  # exactly 0 where P == Q: the division gives exactly 1 and _log(1) == 0
+      return _log((d[1] + e) / (d[0] + e))
 
     return _Term(lambda d: d[1] * log_ratio(d), lambda d: (-d[1] / (d[0] + e), log_ratio(d) + d[1] / (d[1] + e)))
   if kind == "cross":  # official: -P_pred ln(Q_target + e); target_first: -P_target ln(Q_pred + e)
     e = np.float32(eps or 0.0)
     skip = bool(eps)  # without an epsilon, empty bins give the official NaN: evaluate every bin
     if cross_order == "official":
-      return _Term(lambda d: -d[0] * jnp.log(d[1] + e), lambda d: (-jnp.log(d[1] + e), -d[0] / (d[1] + e)),
+      return _Term(lambda d: -d[0] * _log(d[1] + e), lambda d: (-_log(d[1] + e), -d[0] / (d[1] + e)),
                    skippable=skip)
-    return _Term(lambda d: -d[1] * jnp.log(d[0] + e), lambda d: (-d[1] / (d[0] + e), -jnp.log(d[0] + e)),
+    return _Term(lambda d: -d[1] * _log(d[0] + e), lambda d: (-d[1] / (d[0] + e), -_log(d[0] + e)),
                  skippable=skip)
   if kind == "hellinger":  # (sqrt P - sqrt Q)^2, derivative 0 where a density is exactly 0 (safe_sqrt)
     def grads(d):
@@ -419,7 +453,7 @@ def _term(kind: str, eps: float | None, cross_order: str = "official") -> _Term:
     return _Term(lambda d: jnp.square(jnp.sqrt(d[1]) - jnp.sqrt(d[0])), grads, per_window=True)
   if kind == "entropy":  # -p ln(p + e) of one image (the metric)
     e = np.float32(eps)
-    return _Term(lambda d: -d[0] * jnp.log(d[0] + e), lambda d: (-jnp.log(d[0] + e) - d[0] / (d[0] + e),))
+    return _Term(lambda d: -d[0] * _log(d[0] + e), lambda d: (-_log(d[0] + e) - d[0] / (d[0] + e),))
   raise ValueError(f"unknown term {kind!r}")
 
 
@@ -488,13 +522,15 @@ def _slab_pass(fields, ct, active, *, term: _Term, kde: _KDE, blocks: tuple[tupl
   rmax = max(windows) // 2
   vpad = [_pad_width(a, rmax) for a in v]  # padded once: the tiles slice it
 
-  def block(acc_in, uc, duc, j0, j1):
-    """One (chunk, block) tile: its contributions added to the block's carries ``acc_in`` (nv + 2 ng arrays)."""
-    vb = [a[j0:j1] for a in vpad]
+  def block(acc_in, ucp, duc, vb):
+    """One (chunk, block) tile: its contributions added to the block's carries ``acc_in`` (nv + 2 ng arrays).
+    ``ucp``: the chunk's pixel-value kernels per field, ``vb`` the block's neighbour kernels, both zero-padded along
+    the width."""
+    uc = [a[..., rmax:rmax + w] for a in ucp]
     accs = [None] * ng
     tvals = [None] * rows
     # per field, per window: box sums of the kernel products u_i v_j, (ci, lj, H, W)
-    boxed = [_product_boxes(_pad_width(a, rmax), b, windows, w) for a, b in zip(uc, vb)]
+    boxed = [_product_boxes(a, b, windows, w) for a, b in zip(ucp, vb)]
     for n, (k, s) in enumerate(zip(windows, scales)):
       dens = tuple(s * bx[n] for bx in boxed)
       r = n if term.per_window else 0
@@ -515,15 +551,16 @@ def _slab_pass(fields, ct, active, *, term: _Term, kde: _KDE, blocks: tuple[tupl
   def body(carry, xs):
     i0, act = xs  # first bin of the chunk; (blocks,) flags or None
     kernels = [_kernel_and_derivative(x[None], kde, first=i0, count=ci) for x, _ in fields]
-    uc = [k[0][0] for k in kernels]  # (ci, H, W) per field
+    ucp = [_pad_width(k[0][0], rmax) for k in kernels]  # (ci, H, W + 2 rmax) per field
     duc = [kernels[f][1][0] for f in grad_idx]  # per gradient field
     new = []
     for bi, (j0, j1) in enumerate(blocks):
       acc_in = tuple(c[bi] for c in carry)
+      tile = lambda acc, ucp, duc, j0=j0, j1=j1: block(acc, ucp, duc, [a[j0:j1] for a in vpad])
       if act is None:
-        new.append(block(acc_in, uc, duc, j0, j1))
+        new.append(tile(acc_in, ucp, duc))
       else:
-        new.append(jax.lax.cond(act[bi], functools.partial(block, j0=j0, j1=j1), lambda a, *_: a, acc_in, uc, duc))
+        new.append(jax.lax.cond(act[bi], tile, lambda a, *_: a, acc_in, ucp, duc))
     return tuple(tuple(n[c] for n in new) for c in range(len(carry))), None
 
   init = tuple(tuple(jnp.zeros((j1 - j0, h, w), jnp.float32) for j0, j1 in blocks) for _ in range(nv + 2 * ng))
