@@ -8,6 +8,8 @@ loss kind. Every (case, implementation, kind) runs in its own subprocess so that
   compilation and execution); ``base RSS`` is the RSS after importing JAX and creating the inputs, before
   compiling, so ``peak - base`` is what the loss itself adds.
 * ``XLA temp``: ``compiled.memory_analysis().temp_size_in_bytes``, the buffer XLA allocates for the computation.
+* ``dev peak``: on a GPU, the device's peak allocation (JAX ``memory_stats()['peak_bytes_in_use']``, PyTorch
+  ``max_memory_allocated()`` after a warm-up run), inputs included.
 * ``load``: the 1-minute load average when the row finished (the development machine is shared: times measured
   under load are longer; the CPU time is less affected).
 
@@ -35,6 +37,7 @@ Usage::
   python benchmarks/entropy.py                                  # the four default cases, KL and Hellinger
   python benchmarks/entropy.py --kind hellinger --cases 2,3,128,128,32 8,3,128,128,32
   python benchmarks/entropy.py --official /tmp/official-sel --nafnet
+  python benchmarks/entropy.py --official /tmp/official-sel --torch-device cuda --official-repeats 5   # on a GPU
 """
 from __future__ import annotations
 
@@ -130,20 +133,24 @@ def _timed_runs(run, repeats: int) -> tuple[float, float]:
   return statistics.median(wall), statistics.median(cpu)
 
 
-def _official_worker(case: str, kind: str, repeats: int, official: str, data: str) -> dict:
-  """The official PyTorch loss, forward + backward (autograd) w.r.t. the prediction."""
+def _official_worker(case: str, kind: str, repeats: int, official: str, data: str, device: str = "cpu") -> dict:
+  """The official PyTorch loss, forward + backward (autograd) w.r.t. the prediction, on ``device`` (``cpu`` or
+  ``cuda``)."""
   import resource
 
   from lliejax.interop import crosscheck
 
   torch = crosscheck.setup_torch()
   torch.use_deterministic_algorithms(False)
+  cuda = device == "cuda"
+  if cuda:
+    torch.set_default_device("cuda")  # the official code creates its bin grids and weights without a device
   off = crosscheck.import_official(crosscheck.find_official_files(official))
   loss_mod = off.loss
   if loss_mod is None:
     raise SystemExit(f"{official}: no official loss.py found")
   bins = int(case.split(",")[-1])
-  pred, target = (torch.from_numpy(a.transpose(0, 3, 1, 2).copy()) for a in _inputs(case, data))
+  pred, target = (torch.from_numpy(a.transpose(0, 3, 1, 2).copy()).to(device) for a in _inputs(case, data))
   fn = {"kl": loss_mod.r_entropy_loss, "cross": loss_mod.c_entropy_loss, "hellinger": loss_mod.hellinger_loss}[kind]
   base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   last = {}
@@ -153,15 +160,21 @@ def _official_worker(case: str, kind: str, repeats: int, official: str, data: st
     with crosscheck._official_sqrt_of_int(off.kde_utils):  # pylint: disable=protected-access
       val = fn(p, target, bins)  # official torch.sqrt(2) TypeError patched, as in lliejax crosscheck
     val.backward()
-    last["val"] = float(val)
+    last["val"] = float(val)  # synchronises the device
 
+  if cuda:
+    run()  # warm-up (CUDA context, kernels)
+    torch.cuda.reset_peak_memory_stats()
   wall, cpu = _timed_runs(run, repeats)
   return {"impl": "official", "case": case, "kind": kind, "temp_mib": float("nan"), "base_rss_mib": base,
           "time_s": wall, "cpu_s": cpu, "value": last["val"], "load": os.getloadavg()[0],
-          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "device": torch.cuda.get_device_name() if cuda else "cpu",
+          "device_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")}
 
 
-def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float, data: str) -> dict:
+def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float, data: str,
+            tile_values: int | None = None) -> dict:
   import resource
 
   if impl == "lliejax":
@@ -177,8 +190,11 @@ def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float
   jax.block_until_ready((pred, target))
   base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   if impl == "lliejax":
-    from lliejax.losses.entropy import spatial_entropy_loss
-    loss = lambda p, t, k: spatial_entropy_loss(p, t, key=k, kind=kind, bins=bins)
+    from lliejax.losses import entropy
+    if tile_values:
+      # read when the loss is traced; on the CPU and on accelerators alike
+      entropy._BLOCK_VALUES = entropy._ACCELERATOR_BLOCK_VALUES = tile_values  # pylint: disable=protected-access
+    loss = lambda p, t, k: entropy.spatial_entropy_loss(p, t, key=k, kind=kind, bins=bins)
   else:
     loss = lambda p, t, k: _dense_loss(p, t, k, kind=kind, bins=bins)
   fn = jax.jit(jax.value_and_grad(loss))
@@ -196,8 +212,12 @@ def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float
     jax.block_until_ready(last["val"])
 
   wall, cpu = _timed_runs(run, repeats)
+  dev = jax.devices()[0]
+  stats = dev.memory_stats() or {} if dev.platform != "cpu" else {}
   out.update(time_s=wall, cpu_s=cpu, value=float(last["val"]), load=os.getloadavg()[0],
-             peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+             peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             device=dev.device_kind if dev.platform != "cpu" else "cpu",
+             device_peak_mib=stats.get("peak_bytes_in_use", float("nan")) / 2**20)
   return out
 
 
@@ -218,7 +238,8 @@ def _nafnet_step_s(env) -> tuple[float | None, str]:
 
 
 def _fmt(v, spec, unit=""):
-  return "–" if v is None or v != v else f"{v:{spec}}{unit}"  # v != v: NaN
+  width = "".join(ch for ch in spec.split(".")[0] if ch.isdigit())
+  return f"{'–':>{width or 1}}" if v is None or v != v else f"{v:{spec}}{unit}"  # v != v: NaN
 
 
 def main(argv=None):
@@ -238,14 +259,19 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--dense-limit-gb", type=float, default=16.0,
                   help="skip a dense run whose XLA temporary buffer exceeds this (machine has 24 GiB)")
+  ap.add_argument("--tile-values", type=int, default=None,
+                  help="lliejax: values per bin tile (default: the library's, entropy._tile_values())")
+  ap.add_argument("--torch-device", default="cpu", choices=["cpu", "cuda"], help="device of the official code")
   ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.worker:
     impl, case = args.worker
     if impl == "official":
-      print(json.dumps(_official_worker(case, args.kinds[0], args.official_repeats, args.official, args.data)))
+      print(json.dumps(_official_worker(case, args.kinds[0], args.official_repeats, args.official, args.data,
+                                        args.torch_device)))
     else:
-      print(json.dumps(_worker(impl, case, args.kinds[0], args.repeats, args.dense_limit_gb, args.data)))
+      print(json.dumps(_worker(impl, case, args.kinds[0], args.repeats, args.dense_limit_gb, args.data,
+                               args.tile_values)))
     return
   impls = list(dict.fromkeys(args.impls + (["official"] if args.official else [])))
   if "official" in impls and not args.official:
@@ -257,7 +283,7 @@ def main(argv=None):
         f"(official: {args.official_repeats}), cpu = median process CPU seconds; peak RSS = ru_maxrss of a fresh "
         "subprocess per row; XLA temp = memory_analysis().temp_size_in_bytes; load = 1-min load average")
   header = (f"{'B,C,H,W,L':>15} {'impl':>8} {'kind':>9} {'time [s]':>9} {'cpu [s]':>8} {'peak RSS':>9} "
-            f"{'base RSS':>9} {'XLA temp':>9} {'loss':>11} {'load':>5}")
+            f"{'base RSS':>9} {'XLA temp':>9} {'dev peak':>9} {'loss':>11} {'load':>5}  device")
   print(header + "\n" + "-" * len(header))
   res = {}
   for case in args.cases:
@@ -270,7 +296,9 @@ def main(argv=None):
           continue
         cmd = [sys.executable, os.path.abspath(__file__), "--kind", kind, "--repeats", str(args.repeats),
                "--dense-limit-gb", str(args.dense_limit_gb), "--official-repeats", str(args.official_repeats),
-               "--data", args.data, "--worker", impl, case] + (["--official", args.official] if args.official else [])
+               "--data", args.data, "--torch-device", args.torch_device, "--worker", impl, case]
+        cmd += (["--official", args.official] if args.official else [])
+        cmd += (["--tile-values", str(args.tile_values)] if args.tile_values else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         try:
           r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -283,8 +311,8 @@ def main(argv=None):
           print(f"{case:>15} {impl:>8} {kind:>9}   skipped ({r['skipped']})", flush=True)
           continue
         print(f"{case:>15} {impl:>8} {kind:>9} {r['time_s']:9.3f} {r['cpu_s']:8.2f} {r['peak_rss_mib']:9.0f} "
-              f"{r['base_rss_mib']:9.0f} {_fmt(r['temp_mib'], '9.0f')} {r['value']:11.6g} {r['load']:5.2f}",
-              flush=True)
+              f"{r['base_rss_mib']:9.0f} {_fmt(r['temp_mib'], '9.0f')} {_fmt(r.get('device_peak_mib'), '9.0f')} "
+              f"{r['value']:11.6g} {r['load']:5.2f}  {r.get('device', 'cpu')}", flush=True)
   step_s = None
   if args.nafnet:
     step_s, why = _nafnet_step_s(env)

@@ -602,3 +602,15 @@ def test_block_sizes():
     assert (chunk, block) == shape and bins % chunk == 0
     assert chunk * block * pixels <= max(E._BLOCK_VALUES, 2 * pixels) or block == bins
   assert E._kde_options(32, 0.5, "sigmoid", (1,), None).chunk == 1  # no pixel count: one bin per step
+
+
+def test_tile_values_per_backend(monkeypatch):
+  """Cache-sized tiles on the CPU, 2^22-value tiles on an accelerator (chosen when the loss is traced)."""
+  assert jax.default_backend() == "cpu" and E._tile_values() == E._BLOCK_VALUES == 2**17
+  pixels = 2 * 128 * 128
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert E._tile_values() == E._ACCELERATOR_BLOCK_VALUES == 2**22
+  chunk = E._kde_options(32, 0.5, "sigmoid", (1, 3, 5), None, pixels=pixels).chunk
+  blocks = E._j_blocks(32, pixels, chunk)
+  assert (chunk, blocks[0][1]) == (8, 16) and len(blocks) == 2 and chunk * 16 * pixels == 2**22
+  assert E._kde_options(32, 0.5, "sigmoid", (1, 3, 5), None, pixels=8 * 128 * 128).chunk == 4
