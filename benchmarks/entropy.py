@@ -213,7 +213,7 @@ def _worker(impl: str, case: str, kind: str, repeats: int, dense_limit_gb: float
 
   wall, cpu = _timed_runs(run, repeats)
   dev = jax.devices()[0]
-  stats = dev.memory_stats() or {} if dev.platform != "cpu" else {}
+  stats = (dev.memory_stats() or {}) if dev.platform != "cpu" else {}
   out.update(time_s=wall, cpu_s=cpu, value=float(last["val"]), load=os.getloadavg()[0],
              peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              device=dev.device_kind if dev.platform != "cpu" else "cpu",

@@ -606,8 +606,10 @@ def test_block_sizes():
 
 def test_tile_values_per_backend(monkeypatch):
   """Cache-sized tiles on the CPU, 2^22-value tiles on an accelerator (chosen when the loss is traced)."""
-  assert jax.default_backend() == "cpu" and E._tile_values() == E._BLOCK_VALUES == 2**17
   pixels = 2 * 128 * 128
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert E._tile_values() == E._BLOCK_VALUES == 2**17
+  assert E._kde_options(32, 0.5, "sigmoid", (1, 3, 5), None, pixels=pixels).chunk == 2
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert E._tile_values() == E._ACCELERATOR_BLOCK_VALUES == 2**22
   chunk = E._kde_options(32, 0.5, "sigmoid", (1, 3, 5), None, pixels=pixels).chunk

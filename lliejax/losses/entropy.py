@@ -120,8 +120,8 @@ _BLOCK_VALUES = 2**17
 # NVIDIA H200 (benchmarks/entropy.py, value and gradient, medians of 5; 2026-12-04) the CPU's 2^17 took 19 / 33 ms (KL
 # / Hellinger) at (2, 3, 128, 128, 32) and 47 / 86 ms at (8, 3, 128, 128, 32): many small tiles, each a lax.cond. 2^20:
 # 7 / 8 and 22 / 31 ms; 2^22: 6 / 6 and 20 / 21 ms (device peak 145 / 93 and 232 / 172 MiB); 2^24: 7 / 6 and 17 / 18
-# ms, but 612 / 287 and 706 / 373 MiB. The official PyTorch code on the same GPU: 33 / 34 and 124 / 126 ms, 9.6 and
-# 38 GiB.
+# ms, but 612 / 287 and 706 / 373 MiB. The official PyTorch code on the same GPU: 33 / 34 and 124 / 126 ms, 9.4 and
+# 37.5 GiB.
 _ACCELERATOR_BLOCK_VALUES = 2**22
 
 
