@@ -535,7 +535,12 @@ def _slab_pass(fields, ct, active, *, term: _Term, kde: _KDE, blocks: tuple[tupl
   grad_idx = [f for f, g in enumerate(want_grads) if g]
   nv, ng = (rows if want_value else 0), len(grad_idx)
   rmax = max(windows) // 2
-  vpad = [_pad_width(a, rmax) for a in v]  # padded once: the tiles slice it
+  vpad = [_pad_width(a, rmax) for a in v]
+  # Each block's neighbour kernels are sliced once, outside the scan, and enter its tile's lax.cond as an operand, so
+  # the tiles of equal-sized blocks are one computation and XLA compiles each of their fusions once, not once per
+  # block (with the slice inside the branch every block had its own copies: at (2, 3, 128, 128, 32) 99 instead of
+  # 160 compiled kernels for KL, peak RSS while compiling 461 -> 420 MiB, compile time 13 -> 10 s).
+  vblocks = [[a[j0:j1] for a in vpad] for j0, j1 in blocks]
 
   def block(acc_in, ucp, duc, vb):
     """One (chunk, block) tile: its contributions added to the block's carries ``acc_in`` (nv + 2 ng arrays).
@@ -569,13 +574,12 @@ def _slab_pass(fields, ct, active, *, term: _Term, kde: _KDE, blocks: tuple[tupl
     ucp = [_pad_width(k[0][0], rmax) for k in kernels]  # (ci, H, W + 2 rmax) per field
     duc = [kernels[f][1][0] for f in grad_idx]  # per gradient field
     new = []
-    for bi, (j0, j1) in enumerate(blocks):
+    for bi, vb in enumerate(vblocks):
       acc_in = tuple(c[bi] for c in carry)
-      tile = lambda acc, ucp, duc, j0=j0, j1=j1: block(acc, ucp, duc, [a[j0:j1] for a in vpad])
       if act is None:
-        new.append(tile(acc_in, ucp, duc))
+        new.append(block(acc_in, ucp, duc, vb))
       else:
-        new.append(jax.lax.cond(act[bi], tile, lambda a, *_: a, acc_in, ucp, duc))
+        new.append(jax.lax.cond(act[bi], block, lambda a, *_: a, acc_in, ucp, duc, vb))
     return tuple(tuple(n[c] for n in new) for c in range(len(carry))), None
 
   init = tuple(tuple(jnp.zeros((j1 - j0, h, w), jnp.float32) for j0, j1 in blocks) for _ in range(nv + 2 * ng))
